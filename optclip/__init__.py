@@ -1,0 +1,90 @@
+"""optclip: clipping, sign and normalized optimizers for JAX, as optax transformations.
+
+Full optimizers (``acclip``, ``gclip``, ...) take the learning rate first and
+return an :class:`optax.GradientTransformation`; the ``scale_by_*``,
+``clip_*`` and ``normalize_*`` pieces are directions without a learning rate,
+to be combined with :func:`optax.chain`.
+"""
+
+from optclip._alias import (
+    acclip,
+    cclip,
+    clip_momentum_sgd,
+    clipped_gd,
+    gclip,
+    generalized_signsgd,
+    normalized_gd,
+    normalized_momentum_sgd,
+)
+from optclip._clipping import (
+    AlphaMomentThresholdState,
+    ClipByGlobalNormState,
+    ClipCoordinatewiseState,
+    EmaMomentumState,
+    ScaleByACClipState,
+    alpha_moment_update,
+    clip_by_global_norm,
+    clip_coordinatewise,
+    coordinate_clip,
+    ema_momentum,
+    ema_update,
+    estimate_alpha_moment_threshold,
+    scale_by_acclip,
+)
+from optclip._equivalence import ClippingEquivalent, adam_as_clipping
+from optclip._normalize import (
+    NormalizeByGlobalNormState,
+    ScaleByClipMomentumState,
+    normalize_by_global_norm,
+    scale_by_clip_momentum,
+)
+from optclip._numerics import clip_factor, global_norm
+from optclip._sign import (
+    RunningRmsState,
+    normalize_by_running_rms,
+    scale_by_generalized_sign,
+    scale_by_sign,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # Full optimizers.
+    "acclip",
+    "cclip",
+    "clip_momentum_sgd",
+    "clipped_gd",
+    "gclip",
+    "generalized_signsgd",
+    "normalized_gd",
+    "normalized_momentum_sgd",
+    # Directions and pieces.
+    "clip_by_global_norm",
+    "clip_coordinatewise",
+    "ema_momentum",
+    "estimate_alpha_moment_threshold",
+    "normalize_by_global_norm",
+    "normalize_by_running_rms",
+    "scale_by_acclip",
+    "scale_by_clip_momentum",
+    "scale_by_generalized_sign",
+    "scale_by_sign",
+    # Functions the pieces are made of.
+    "alpha_moment_update",
+    "clip_factor",
+    "coordinate_clip",
+    "ema_update",
+    "global_norm",
+    # Adam as clipping.
+    "ClippingEquivalent",
+    "adam_as_clipping",
+    # States.
+    "AlphaMomentThresholdState",
+    "ClipByGlobalNormState",
+    "ClipCoordinatewiseState",
+    "EmaMomentumState",
+    "NormalizeByGlobalNormState",
+    "RunningRmsState",
+    "ScaleByACClipState",
+    "ScaleByClipMomentumState",
+]

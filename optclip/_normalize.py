@@ -1,0 +1,131 @@
+"""Normalized directions and the momentum/gradient clipping mix."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optclip import _checks
+from optclip._clipping import Threshold, _value, _state_dtype, ema_update
+from optclip._numerics import clip_factor, global_norm, safe_divide
+
+
+class NormalizeByGlobalNormState(NamedTuple):
+    """State of :func:`normalize_by_global_norm`: the last input's global norm."""
+
+    norm: jax.Array
+
+
+def normalize_by_global_norm(beta: Any = 0.0) -> optax.GradientTransformation:
+    r"""Divides the update by its global norm plus ``beta``.
+
+    .. math:: \hat u = \frac{u}{\|u\| + \beta}
+
+    ``beta = 0`` gives the unit direction ``u / ||u||`` (normalized momentum
+    SGD after :func:`ema_momentum`); ``beta > 0`` gives the normalized GD step
+    of Zhang et al. (2020b), ``h_n = eta / (||g|| + beta)``. A zero update stays
+    zero (``0/0 = 0``); the norm is overflow-safe.
+
+    Args:
+      beta: ``>= 0``.
+
+    Returns:
+      An :class:`optax.GradientTransformation` with state
+      :class:`NormalizeByGlobalNormState`.
+    """
+    _checks.check_nonnegative("beta", beta)
+
+    def init_fn(params):
+        del params
+        return NormalizeByGlobalNormState(norm=jnp.zeros([], jnp.float32))
+
+    def update_fn(updates, state, params=None):
+        del params
+        norm = global_norm(updates)
+        inv = safe_divide(jnp.float32(1.0), norm + beta)
+        # A finite update with an infinite norm cannot happen; an inf entry
+        # makes norm inf, inv 0 and the entry inf * 0 = NaN (the package rule).
+        out = jax.tree.map(lambda u: (u * inv).astype(u.dtype), updates)
+        return out, NormalizeByGlobalNormState(norm=norm)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+class ScaleByClipMomentumState(NamedTuple):
+    """State of :func:`scale_by_clip_momentum`.
+
+    Attributes:
+      count: number of updates seen (drives a scheduled threshold).
+      mu: momentum ``m_t``.
+      momentum_norm: ``||m_t||`` before clipping.
+      gradient_norm: ``||g_t||`` before clipping.
+    """
+
+    count: jax.Array
+    mu: optax.Updates
+    momentum_norm: jax.Array
+    gradient_norm: jax.Array
+
+
+def scale_by_clip_momentum(
+    threshold: Threshold, b1: Any = 0.9, nu: Any = 1.0, mu_dtype: Any = None
+) -> optax.GradientTransformation:
+    r"""A ``nu``-mix of the clipped momentum and the clipped gradient.
+
+    .. math::
+
+        m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t \\
+        \hat g_t &= \nu \min\left(1, \frac{\tau}{\|m_t\|}\right) m_t
+                 + (1 - \nu) \min\left(1, \frac{\tau}{\|g_t\|}\right) g_t
+
+    Multiplied by a learning rate ``eta`` with ``tau = gamma / eta`` this is the
+    update of SGDClipGrad (``nu = 0``) and SGDClipMomentum (``nu = 1``) of
+    Zhang, Jin, Fang and Wang (2020), Algorithm 1, with the hard ``min``;
+    :func:`optclip.clip_momentum_sgd` builds it that way.
+
+    Args:
+      threshold: ``tau >= 0`` (float or schedule).
+      b1: momentum decay in ``[0, 1)``.
+      nu: mixing weight in ``[0, 1]``.
+      mu_dtype: dtype of the stored momentum; float32 if ``None``.
+
+    Returns:
+      An :class:`optax.GradientTransformation` with state
+      :class:`ScaleByClipMomentumState`.
+    """
+    _checks.check_threshold_leaves("threshold", threshold)
+    _checks.check_decay("b1", b1)
+    _checks.check_range("nu", nu, 0.0, 1.0)
+    dtype = _state_dtype(mu_dtype)
+
+    def init_fn(params):
+        return ScaleByClipMomentumState(
+            count=jnp.zeros([], jnp.int32),
+            mu=optax.tree.zeros_like(params, dtype=dtype),
+            momentum_norm=jnp.zeros([], jnp.float32),
+            gradient_norm=jnp.zeros([], jnp.float32),
+        )
+
+    def update_fn(updates, state, params=None):
+        del params
+        tau = jnp.asarray(_value(threshold, state.count), jnp.float32)
+        mu = jax.tree.map(lambda g, m: ema_update(g, m, b1), updates, state.mu)
+        m_norm, g_norm = global_norm(mu), global_norm(updates)
+        m_factor = nu * clip_factor(m_norm, tau)
+        g_factor = (1.0 - nu) * clip_factor(g_norm, tau)
+        out = jax.tree.map(
+            lambda m, g: (m_factor * m + g_factor * g.astype(m.dtype)).astype(g.dtype),
+            mu,
+            updates,
+        )
+        return out, ScaleByClipMomentumState(
+            count=optax.safe_increment(state.count),
+            mu=optax.tree.cast(mu, dtype),
+            momentum_norm=m_norm,
+            gradient_norm=g_norm,
+        )
+
+    return optax.GradientTransformation(init_fn, update_fn)

@@ -1,0 +1,142 @@
+"""The package-wide numerics rule and the helpers that implement it.
+
+Every transform in optclip follows one rule (also in ``docs/numerics.md``):
+
+1. **Non-finite in, NaN out.** If an incoming update holds NaN or +-inf, the
+   outgoing update is NaN where the bad value reaches it (every coordinate for
+   the global-norm transforms, that coordinate for coordinate-wise ones). A
+   spike is never silently turned into a finite step, so
+   :func:`optax.apply_if_finite` can reject the step and keep the old state.
+2. **0/0 is the no-op value.** A clip factor ``min(1, tau / ||u||)`` with
+   ``||u|| = 0`` is 1 (nothing to clip); a normalised or sign direction
+   ``u / ||u||`` of a zero vector is 0.
+3. **Finite in, finite out.** For any finite float32 input, norms, moments and
+   thresholds are computed in forms that cannot overflow or underflow to the
+   wrong answer: rescaled global norms, ``hypot``-form root-mean-squares and
+   power means, so ``|g|^alpha`` and ``m^2`` are never formed directly.
+4. **float32 statistics.** Norms and running statistics are accumulated in
+   float32 whatever the leaf dtype; updates leave a transform in the dtype they
+   entered it.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Below this sum of squares, float32 squares of the entries may have flushed
+# to zero; the rescaled path gets the norm right there.
+_SMALL_SQUARED_NORM = 1e-30
+
+
+def _leaves(tree: Any) -> list[jax.Array]:
+    return [jnp.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def _rescaled_norm(leaves: list[jax.Array]) -> jax.Array:
+    scale = jnp.max(jnp.stack([jnp.max(jnp.abs(x)).astype(jnp.float32) for x in leaves]))
+    # inf/NaN scales are left to produce a non-finite norm (rule 1).
+    safe = jnp.where((scale > 0) & jnp.isfinite(scale), scale, 1.0)
+    ssq = sum(jnp.sum(jnp.square(x.astype(jnp.float32) / safe)) for x in leaves)
+    return safe * jnp.sqrt(ssq)
+
+
+def global_norm(tree: Any) -> jax.Array:
+    """Euclidean norm of all leaves of ``tree`` as a float32 scalar.
+
+    The common case costs one fused read of the tree (a float32 sum of
+    squares). When that sum overflowed, underflowed or is not finite, a
+    ``lax.cond`` switches to a max-rescaled second pass, so the norm of any
+    finite float32 tree is finite and accurate, and a tree holding NaN or inf
+    has a non-finite norm.
+    """
+    leaves = _leaves(tree)
+    if not leaves:
+        return jnp.zeros((), jnp.float32)
+    sq = sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves)
+    fast = jnp.isfinite(sq) & (sq >= _SMALL_SQUARED_NORM)
+    return jax.lax.cond(fast, lambda: jnp.sqrt(sq), lambda: _rescaled_norm(leaves))
+
+
+def clip_factor(norm: jax.Array, threshold: jax.Array) -> jax.Array:
+    """``min(1, threshold / norm)`` with ``0/0 = 1`` and NaN kept.
+
+    Element-wise, so it serves both a global norm and per-coordinate
+    magnitudes. Where ``norm > threshold >= 0`` the division is safe; where the
+    norm is NaN the comparison is false and the factor is 1, so the NaN in the
+    update itself survives. An infinite norm gives factor 0, and ``0 * inf``
+    makes the update NaN (rule 1).
+    """
+    norm = jnp.asarray(norm)
+    threshold = jnp.asarray(threshold, dtype=jnp.result_type(norm, jnp.float32))
+    clipped = norm > threshold
+    return jnp.where(clipped, threshold / jnp.where(clipped, norm, 1.0), 1.0)
+
+
+def safe_divide(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
+    """``numerator / denominator`` with ``x / 0 = 0`` for the 0/0 rule.
+
+    Callers only divide by a denominator that is zero when the numerator is
+    zero too (a norm or an RMS of the numerator), so ``x/0 -> 0`` is the 0/0
+    rule. NaN in either argument still gives NaN.
+    """
+    positive = denominator > 0
+    return jnp.where(
+        jnp.isnan(denominator),
+        jnp.nan,
+        numerator / jnp.where(positive, denominator, 1.0),
+    )
+
+
+def power_mean(a: jax.Array, b: jax.Array, weight: Any, alpha: Any) -> jax.Array:
+    """``(weight * a^alpha + (1 - weight) * b^alpha)^(1/alpha)`` for ``a, b >= 0``.
+
+    This is the alpha-moment EMA of ACClip written on the threshold itself
+    instead of its alpha-th power, so a finite ``b`` (a gradient magnitude up
+    to float32's maximum) can never overflow. ``alpha`` 1 and 2 are exact
+    special cases when given as Python numbers; other values, and traced ones
+    (``optax.inject_hyperparams``), use a max-rescaled form.
+    """
+    if is_number(alpha) and float(alpha) == 1.0:
+        return weight * a + (1.0 - weight) * b
+    if is_number(alpha) and float(alpha) == 2.0:
+        return jnp.hypot(
+            jnp.sqrt(jnp.asarray(weight, a.dtype)) * a,
+            jnp.sqrt(jnp.asarray(1.0 - weight, b.dtype)) * b,
+        )
+    s = jnp.maximum(a, b)
+    safe = jnp.where(s > 0, s, 1.0)
+    inner = weight * (a / safe) ** alpha + (1.0 - weight) * (b / safe) ** alpha
+    return s * inner ** (1.0 / alpha)
+
+
+def is_number(x: Any) -> bool:
+    """True for a Python or NumPy real scalar (not bool): a value we can check."""
+    if isinstance(x, bool | np.bool_):
+        return False
+    return isinstance(x, numbers.Real | np.generic) or (
+        isinstance(x, np.ndarray) and x.ndim == 0
+    )
+
+
+def tree_size(tree: Any) -> int:
+    return sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(tree))
+
+
+def fraction_true(tree_of_bools: Any) -> jax.Array:
+    """Fraction of True entries over all leaves, as a float32 scalar."""
+    leaves = jax.tree.leaves(tree_of_bools)
+    total = tree_size(leaves)
+    if total == 0:
+        return jnp.zeros((), jnp.float32)
+    count = sum(jnp.sum(x, dtype=jnp.float32) for x in leaves)
+    return count / jnp.float32(total)
+
+
+def cast_like(tree: Any, like: Any) -> Any:
+    """Casts each leaf of ``tree`` to the dtype of the matching leaf of ``like``."""
+    return jax.tree.map(lambda x, y: jnp.asarray(x).astype(jnp.asarray(y).dtype), tree, like)

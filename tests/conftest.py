@@ -1,0 +1,79 @@
+"""Shared fixtures: the optimizer registry and heavy-tailed gradient streams."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+import optclip
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One optimizer configuration used across the parametrised tests."""
+
+    name: str
+    factory: Callable[..., Any]
+    kwargs: dict[str, Any]
+    # The hyperparameter besides the learning rate that tests inject.
+    main_hparam: str | None
+    # Per-coordinate bound on |update| / lr, as a function of the state, or None.
+    sgd_sized: bool = True
+
+    def make(self, **overrides):
+        return self.factory(**{**self.kwargs, **overrides})
+
+    def __str__(self):
+        return self.name
+
+
+CASES = [
+    Case("acclip", optclip.acclip, dict(learning_rate=0.1), "b2"),
+    Case("acclip_alpha2", optclip.acclip, dict(learning_rate=0.1, alpha=2.0, initial_threshold=1.0), "alpha"),
+    Case("acclip_rms", optclip.acclip, dict(learning_rate=0.01, rms_scale=True, initial_threshold=0.0), "b1", False),
+    Case("acclip_wd", optclip.acclip, dict(learning_rate=0.1, weight_decay=1e-2, alpha=1.5), "eps"),
+    Case("gclip", optclip.gclip, dict(learning_rate=0.1, threshold=1.0), "threshold"),
+    Case("gclip_momentum", optclip.gclip, dict(learning_rate=0.1, threshold=1.0, b1=0.9), "b1"),
+    Case("cclip", optclip.cclip, dict(learning_rate=0.1, threshold=0.5, b1=0.9), "threshold"),
+    Case("clipped_gd", optclip.clipped_gd, dict(learning_rate=0.1, gamma=1.0), "gamma"),
+    Case("normalized_gd", optclip.normalized_gd, dict(learning_rate=0.1, beta=1.0), "beta", False),
+    Case("normalized_momentum_sgd", optclip.normalized_momentum_sgd, dict(learning_rate=0.1), "b1", False),
+    Case("clip_momentum_sgd", optclip.clip_momentum_sgd, dict(learning_rate=0.1, gamma=0.2, nu=0.7), "nu"),
+    Case("generalized_signsgd", optclip.generalized_signsgd, dict(learning_rate=0.01), "b2", False),
+    Case("signum", optclip.generalized_signsgd, dict(learning_rate=0.01, b2=0.0), "b1", False),
+]
+
+
+@pytest.fixture(params=CASES, ids=str)
+def case(request) -> Case:
+    return request.param
+
+
+SHAPES = {"w": (4, 3), "b": (3,), "s": ()}
+
+
+def heavy_tailed_grads(steps: int = 32, seed: int = 0, df: float = 1.5, spike_at: int = 7,
+                       zero_at: int = 3, spike: float = 1e6) -> list[dict[str, np.ndarray]]:
+    """Student-t (df 1.5, infinite variance) gradients on a multi-leaf tree.
+
+    One step is all zeros and one step is a ``spike``-times copy of its neighbour.
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for t in range(steps):
+        g = {k: rng.standard_t(df, size=s).astype(np.float32) for k, s in SHAPES.items()}
+        if t == zero_at:
+            g = {k: np.zeros_like(v) for k, v in g.items()}
+        if t == spike_at:
+            g = {k: v * np.float32(spike) for k, v in g.items()}
+        out.append(g)
+    return out
+
+
+def initial_params(seed: int = 1) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
