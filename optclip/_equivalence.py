@@ -41,7 +41,7 @@ def adam_as_clipping(learning_rate: Any, b2: Any, eps: Any, nu: Any) -> Clipping
     Args:
       learning_rate: RMSProp's ``a > 0``.
       b2: in ``[0, 1)``.
-      eps: ``>= 0``.
+      eps: ``> 0`` (with ``eps = 0`` and ``nu = 0`` the map is singular).
       nu: pytree of second moments ``>= 0``.
 
     Returns:
@@ -49,7 +49,8 @@ def adam_as_clipping(learning_rate: Any, b2: Any, eps: Any, nu: Any) -> Clipping
     """
     _checks.check_positive("learning_rate", learning_rate)
     _checks.check_decay("b2", b2)
-    _checks.check_nonnegative("eps", eps)
+    # D = eps + sqrt(b2 nu) must be positive: at D = 0 the map is eta = inf, tau = 0.
+    _checks.check_positive("eps", eps)
     d = jax.tree.map(lambda n: eps + jnp.sqrt(b2 * n), nu)
     return ClippingEquivalent(
         learning_rate=jax.tree.map(lambda x: learning_rate / x, d),

@@ -131,8 +131,8 @@ def test_signum_is_sign_of_momentum():
     u, state = tx.update(g, state)
     np.testing.assert_array_equal(u["w"], -np.sign(g["w"]))
     u, state = tx.update({"w": jnp.array([-3.0, 1.0, 0.0, 0.0])}, state)
-    # m = 0.5 * m + 0.5 * g = [-1, 0, 0, 1] / 1 ... -> signs [-1, -0.5 -> -1, 0, +1]
-    np.testing.assert_array_equal(u["w"], -np.array([-1.0, -1.0, 0.0, 1.0]))
+    # m_2 = 0.5 * [0.5, -1, 0, 2] + 0.5 * [-3, 1, 0, 0] = [-1.25, 0, 0, 1]; sign(0) = 0.
+    np.testing.assert_array_equal(u["w"], -np.array([-1.0, 0.0, 0.0, 1.0]))
 
 
 def test_weight_decay_is_decoupled_and_masked():

@@ -1,0 +1,166 @@
+"""The package numerics rule (docs/numerics.md), checked for every optimizer."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optclip
+from optclip._numerics import power_mean, safe_divide
+from tests.conftest import CASES, SHAPES, initial_params
+
+DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
+
+
+def _huge(dtype):
+    return float(min(1e30, float(jnp.finfo(dtype).max) / 10))
+
+
+def _tiny(dtype):
+    return float(max(1e-30, float(jnp.finfo(dtype).smallest_normal)))
+
+
+def _grads(kind, dtype, rng):
+    base = {k: rng.standard_normal(s).astype(np.float32) for k, s in SHAPES.items()}
+    scale = {"zero": 0.0, "tiny": _tiny(dtype), "huge": _huge(dtype), "normal": 1.0}[kind]
+    return {k: jnp.asarray(v * scale, dtype) for k, v in base.items()}
+
+
+def _finite(tree):
+    return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree)
+               if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact))
+
+
+ZERO_THRESHOLD_CASES = [
+    ("gclip_tau0", lambda: optclip.gclip(0.1, threshold=0.0, b1=0.9)),
+    ("cclip_tau0", lambda: optclip.cclip(0.1, threshold=0.0)),
+    ("acclip_tau0_eps0", lambda: optclip.acclip(0.1, initial_threshold=0.0, eps=0.0)),
+    ("drop_in_clip_tau0", lambda: optax.chain(optclip.clip_by_global_norm(0.0), optax.sgd(0.1))),
+]
+
+
+def _all_makers():
+    return [(c.name, c.make) for c in CASES] + ZERO_THRESHOLD_CASES
+
+
+@pytest.mark.parametrize("name,make", _all_makers(), ids=[n for n, _ in _all_makers()])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_extreme_gradients_stay_finite(name, make, dtype):
+    """zero, tiny, huge and a 1e6x spike (capped at the dtype's range) never give inf/NaN."""
+    rng = np.random.default_rng(0)
+    tx = make()
+    params = jax.tree.map(lambda x: jnp.asarray(x, dtype), initial_params())
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    kinds = ["zero", "zero", "tiny", "normal", "huge", "tiny", "zero", "normal"]
+    for kind in kinds:
+        g = _grads(kind, dtype, rng)
+        u, state = update(g, state, params)
+        assert _finite(u), f"{name}: non-finite update after a {kind} gradient"
+        assert _finite(state), f"{name}: non-finite state after a {kind} gradient"
+        params = optax.apply_updates(params, u)
+    # A spike of 1e6x the normal scale (or the dtype's limit) in a single step.
+    spike = min(1e6, _huge(dtype))
+    g = jax.tree.map(lambda x: (x.astype(jnp.float32) * spike).astype(dtype), _grads("normal", dtype, rng))
+    u, state = update(g, state, params)
+    assert _finite(u) and _finite(state)
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_gradient_gives_non_finite_update(case, bad):
+    tx = case.make()
+    params = jax.tree.map(jnp.asarray, initial_params())
+    g = jax.tree.map(jnp.ones_like, params)
+    g["w"] = g["w"].at[1, 2].set(bad)
+    u, _ = jax.jit(tx.update)(g, tx.init(params), params)
+    assert not _finite(u), f"{case.name} turned a {bad} gradient into a finite step"
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_apply_if_finite_skips_the_bad_step(case):
+    tx = optax.apply_if_finite(case.make(), max_consecutive_errors=5)
+    params = jax.tree.map(jnp.asarray, initial_params())
+    state = tx.init(params)
+    good = jax.tree.map(jnp.ones_like, params)
+    bad = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), params)
+    update = jax.jit(tx.update)
+    _, state = update(good, state, params)
+    inner_before = state.inner_state
+    u, state = update(bad, state, params)
+    assert int(state.notfinite_count) == 1
+    assert all(bool(jnp.all(x == 0)) for x in jax.tree.leaves(u))
+    jax.tree.map(np.testing.assert_array_equal, state.inner_state, inner_before)
+    u, state = update(good, state, params)
+    assert _finite(u) and int(state.notfinite_count) == 0
+
+
+class TestGlobalNorm:
+    def test_matches_numpy(self):
+        rng = np.random.default_rng(0)
+        tree = {"a": rng.standard_normal((5, 7)), "b": [rng.standard_normal(3)]}
+        want = np.sqrt(sum(np.sum(x ** 2) for x in jax.tree.leaves(tree)))
+        got = optclip.global_norm(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree))
+        assert float(got) == pytest.approx(want, rel=1e-6)
+
+    @pytest.mark.parametrize("scale", [1e-30, 1e-20, 1e20, 1e30, 3e38])
+    def test_no_overflow_or_underflow(self, scale):
+        x = jnp.full((1000,), scale / 1000 ** 0.5 * 0.5, jnp.float32)
+        got = float(optclip.global_norm({"x": x, "y": jnp.zeros(3)}))
+        assert got == pytest.approx(scale * 0.5, rel=1e-5)
+
+    def test_bfloat16_leaves_accumulate_in_float32(self):
+        x = jnp.ones((100_000,), jnp.bfloat16)
+        got = optclip.global_norm(x)
+        assert got.dtype == jnp.float32
+        assert float(got) == pytest.approx(100_000 ** 0.5, rel=1e-5)
+
+    def test_empty_and_zero(self):
+        assert float(optclip.global_norm({})) == 0.0
+        assert float(optclip.global_norm({"a": jnp.zeros(4)})) == 0.0
+
+    @pytest.mark.parametrize("bad", [np.nan, np.inf])
+    def test_non_finite(self, bad):
+        assert not np.isfinite(float(optclip.global_norm({"a": jnp.array([1.0, bad])})))
+
+
+class TestZeroOverZero:
+    def test_clip_factor(self):
+        f = optclip.clip_factor(jnp.array([0.0, 0.0, 2.0, 1.0, np.inf]), jnp.array([0.0, 1.0, 1.0, 2.0, 1.0]))
+        np.testing.assert_array_equal(f, [1.0, 1.0, 0.5, 1.0, 0.0])
+
+    def test_safe_divide(self):
+        got = safe_divide(jnp.array([0.0, 2.0, np.inf, 1.0]), jnp.array([0.0, 4.0, np.inf, np.nan]))
+        assert got[0] == 0.0 and got[1] == 0.5
+        assert np.isnan(got[2]) and np.isnan(got[3])
+
+    def test_drop_in_clip_beats_optax_at_zero(self):
+        zero = {"w": jnp.zeros(3)}
+        u_optax, _ = optax.clip_by_global_norm(0.0).update(zero, optax.EmptyState())
+        assert np.all(np.isnan(u_optax["w"]))  # optax's behaviour this rule improves on
+        tx = optclip.clip_by_global_norm(0.0)
+        u, s = tx.update(zero, tx.init(zero))
+        np.testing.assert_array_equal(u["w"], np.zeros(3))
+        assert float(s.norm) == 0.0 and float(s.clipped) == 0.0
+
+
+class TestPowerMean:
+    @pytest.mark.parametrize("alpha", [0.5, 1.0, 1.5, 2.0, 3.0])
+    def test_matches_direct_formula(self, alpha):
+        rng = np.random.default_rng(1)
+        a, b = rng.uniform(0, 5, 100), rng.uniform(0, 5, 100)
+        want = (0.9 * a ** alpha + 0.1 * b ** alpha) ** (1 / alpha)
+        got = power_mean(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32), 0.9, alpha)
+        np.testing.assert_allclose(got, want, rtol=2e-6)
+        # Traced alpha (inject_hyperparams) takes the general path: same values.
+        got_traced = jax.jit(lambda al: power_mean(jnp.asarray(a, jnp.float32),
+                                                   jnp.asarray(b, jnp.float32), 0.9, al))(alpha)
+        np.testing.assert_allclose(got_traced, want, rtol=1e-5)
+
+    @pytest.mark.parametrize("alpha", [1.0, 1.5, 2.0, 4.0])
+    def test_huge_inputs_do_not_overflow(self, alpha):
+        got = power_mean(jnp.float32(0.0), jnp.float32(3e38), 0.5, alpha)
+        assert np.isfinite(float(got)) and float(got) > 1e38

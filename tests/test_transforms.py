@@ -1,0 +1,156 @@
+"""The contract every optclip transform keeps: jit == eager, stable dtypes and
+structure, one trace, inject_hyperparams, and eager rejection of bad input."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optclip
+from tests.conftest import CASES, heavy_tailed_grads, initial_params
+
+STEPS = 12
+
+
+def _run(tx, grads, params, update=None):
+    update = update or tx.update
+    state = tx.init(params)
+    outs = []
+    for g in grads:
+        u, state = update(jax.tree.map(jnp.asarray, g), state, params)
+        params = optax.apply_updates(params, u)
+        outs.append(u)
+    return outs, state, params
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+class TestContract:
+    def test_jit_and_eager_agree(self, case):
+        tx = case.make()
+        grads = heavy_tailed_grads(STEPS)
+        params = jax.tree.map(jnp.asarray, initial_params())
+        ref, ref_state, _ = _run(tx, grads, params, jax.jit(tx.update))
+        # chex.fake_jit turns every jax.jit (optax's internal ones too) into a no-op.
+        with chex.fake_jit():
+            got, got_state, _ = _run(tx, grads, params, jax.jit(tx.update))
+        # XLA may fuse differently with and without jit: agree to a few ulp.
+        chex.assert_trees_all_close(got, ref, rtol=1e-5, atol=1e-7)
+        chex.assert_trees_all_close(got_state, ref_state, rtol=1e-5, atol=1e-7)
+
+    @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+    def test_shapes_and_dtypes_are_stable(self, case, dtype):
+        tx = case.make()
+        params = jax.tree.map(lambda x: jnp.asarray(x, dtype), initial_params())
+        state = tx.init(params)
+        init_types = jax.tree.map(lambda x: (x.shape, x.dtype), state)
+        update = jax.jit(tx.update)
+        for g in heavy_tailed_grads(4, spike=10.0):
+            g = jax.tree.map(lambda x: jnp.asarray(x, dtype), g)
+            u, state = update(g, state, params)
+            chex.assert_trees_all_equal_shapes_and_dtypes(u, g)
+            assert jax.tree.map(lambda x: (x.shape, x.dtype), state) == init_types
+            params = optax.apply_updates(params, u)
+        # Statistics are float32 whatever the parameter dtype.
+        for leaf in jax.tree.leaves(state):
+            if jnp.issubdtype(leaf.dtype, jnp.floating):
+                assert leaf.dtype == jnp.float32
+
+    def test_traces_once(self, case):
+        chex.clear_trace_counter()
+        tx = case.make()
+        params = jax.tree.map(jnp.asarray, initial_params())
+
+        @jax.jit
+        @chex.assert_max_traces(n=1)
+        def step(g, state, params):
+            return tx.update(g, state, params)
+
+        _run(tx, heavy_tailed_grads(3), params, step)
+
+    def test_inject_hyperparams_gives_the_same_trajectory(self, case):
+        grads = heavy_tailed_grads(STEPS)
+        params = jax.tree.map(jnp.asarray, initial_params())
+        plain, _, p_plain = _run(case.make(), grads, params, jax.jit(case.make().update))
+        injected = optax.inject_hyperparams(case.factory)(**case.kwargs)
+        got, state, p_got = _run(injected, grads, params, jax.jit(injected.update))
+        chex.assert_trees_all_close(p_got, p_plain, rtol=2e-5, atol=1e-6)
+        assert "learning_rate" in state.hyperparams
+        assert case.main_hparam in state.hyperparams
+
+    def test_injected_hyperparameter_can_change_between_steps(self, case):
+        injected = optax.inject_hyperparams(case.factory)(**case.kwargs)
+        params = jax.tree.map(jnp.asarray, initial_params())
+        g = jax.tree.map(jnp.asarray, heavy_tailed_grads(1, spike=1.0)[0])
+        state = injected.init(params)
+        update = jax.jit(injected.update)
+        u1, _ = update(g, state, params)
+        half = case.kwargs["learning_rate"] * 0.5
+        state.hyperparams["learning_rate"] = jnp.asarray(half, jnp.float32)
+        u2, _ = update(g, state, params)
+        fresh = case.make(learning_rate=half)
+        expected, _ = fresh.update(g, fresh.init(params), params)
+        chex.assert_trees_all_close(u2, expected, rtol=1e-5)
+        assert not np.allclose(np.asarray(u1["w"]), np.asarray(u2["w"]))
+
+
+def test_states_are_namedtuples():
+    params = {"w": jnp.zeros(3)}
+    for case in CASES:
+        for leaf_state in jax.tree.leaves(
+            case.make().init(params), is_leaf=lambda x: isinstance(x, tuple) and hasattr(x, "_fields")
+        ):
+            if isinstance(leaf_state, tuple):
+                assert hasattr(leaf_state, "_fields"), case.name
+
+
+BAD_INPUT = [
+    (lambda: optclip.acclip(0.1, b1=1.0), "b1", r"\[0, 1\)"),
+    (lambda: optclip.acclip(0.1, b1=-0.1), "b1", r"\[0, 1\)"),
+    (lambda: optclip.acclip(0.1, b2=1.5), "b2", r"\[0, 1\)"),
+    (lambda: optclip.acclip(0.1, alpha=0.0), "alpha", r"\(0, inf\)"),
+    (lambda: optclip.acclip(0.1, eps=-1e-8), "eps", r"\[0, inf\)"),
+    (lambda: optclip.acclip(0.1, initial_threshold=-1.0), "initial_threshold", "finite and >= 0"),
+    (lambda: optclip.acclip(-0.1), "learning_rate", r"\[0, inf\)"),
+    (lambda: optclip.acclip(0.1, weight_decay=-1.0), "weight_decay", r"\[0, inf\)"),
+    (lambda: optclip.gclip(0.1, threshold=-1.0), "max_norm", "finite and >= 0"),
+    (lambda: optclip.gclip(0.1, threshold=float("inf")), "max_norm", "finite"),
+    (lambda: optclip.gclip(0.1, threshold=float("nan")), "max_norm", "finite"),
+    (lambda: optclip.cclip(0.1, threshold={"w": np.array([1.0, -2.0])}), "threshold", ">= 0"),
+    (lambda: optclip.clip_momentum_sgd(0.1, gamma=1.0, nu=1.5), "nu", r"\[0, 1\]"),
+    (lambda: optclip.clip_momentum_sgd(0.1, gamma=0.0), "gamma", r"\(0, inf\)"),
+    (lambda: optclip.clipped_gd(0.1, gamma=-1.0), "gamma", r"\(0, inf\)"),
+    (lambda: optclip.normalized_gd(0.1, beta=0.0), "beta", r"\(0, inf\)"),
+    (lambda: optclip.normalized_momentum_sgd(0.1, b1=1.0), "b1", r"\[0, 1\)"),
+    (lambda: optclip.generalized_signsgd(0.1, b2=1.0), "b2", r"\[0, 1\)"),
+    (lambda: optclip.generalized_signsgd(0.1, eps=-1.0), "eps", r"\[0, inf\)"),
+    (lambda: optclip.adam_as_clipping(0.0, 0.99, 1e-8, {}), "learning_rate", r"\(0, inf\)"),
+    (lambda: optclip.adam_as_clipping(0.1, 0.99, 0.0, {}), "eps", r"\(0, inf\)"),
+]
+
+
+@pytest.mark.parametrize("make,arg,valid", BAD_INPUT)
+def test_bad_hyperparameters_raise_naming_the_argument(make, arg, valid):
+    with pytest.raises(ValueError, match=rf"`{arg}`.*{valid}|{valid}.*`{arg}`") as info:
+        make()
+    assert f"`{arg}`" in str(info.value)
+
+
+def test_threshold_tree_must_match_params():
+    tx = optclip.cclip(0.1, threshold={"a": 1.0, "b": 2.0})
+    with pytest.raises(ValueError, match="same structure as the params"):
+        tx.init({"a": jnp.zeros(2), "c": jnp.zeros(2)})
+    tx = optclip.cclip(0.1, threshold={"a": jnp.ones(3)})
+    with pytest.raises(ValueError, match="does not broadcast"):
+        tx.init({"a": jnp.zeros(2)})
+
+
+def test_traced_hyperparameters_are_not_checked_eagerly():
+    # inject_hyperparams passes arrays; an array b1 must not trip Python checks.
+    tx = optclip.acclip(jnp.float32(0.1), b1=jnp.float32(0.9), alpha=jnp.float32(1.0))
+    params = {"w": jnp.ones(3)}
+    u, _ = jax.jit(tx.update)({"w": jnp.ones(3)}, tx.init(params), params)
+    assert bool(jnp.all(jnp.isfinite(u["w"])))
