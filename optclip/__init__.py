@@ -25,6 +25,7 @@ from optclip._clipping import (
     alpha_moment_update,
     clip_by_global_norm,
     clip_coordinatewise,
+    clip_fraction,
     coordinate_clip,
     ema_momentum,
     ema_update,
@@ -69,6 +70,8 @@ __all__ = [
     "scale_by_clip_momentum",
     "scale_by_generalized_sign",
     "scale_by_sign",
+    # Statistics.
+    "clip_fraction",
     # Functions the pieces are made of.
     "alpha_moment_update",
     "clip_factor",

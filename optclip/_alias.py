@@ -83,9 +83,9 @@ def acclip(
     ``docs/algorithms/acclip.md``.
 
     State: momentum (``mu_dtype``, float32 by default) and threshold (float32):
-    8 bytes per parameter, 12 with ``rms_scale``. ``clip_fraction`` in the
-    state is the fraction of coordinates clipped at the last step; read it with
-    ``optax.tree.get(state, "clip_fraction")``.
+    8 bytes per parameter, 12 with ``rms_scale``. The fraction of coordinates
+    clipped at the last step is ``optclip.clip_fraction(state)`` (derived from
+    the state at no cost to the step).
 
     Args:
       learning_rate: ``eta``, a float or an optax schedule.
@@ -165,6 +165,8 @@ def cclip(
     weight_decay: optax.ScalarOrSchedule = 0.0,
     mask: Any = None,
     mu_dtype: Any = None,
+    *,
+    track_clip_fraction: bool = True,
 ) -> optax.GradientTransformation:
     r"""CClip: momentum, then coordinate-wise clipping at fixed thresholds.
 
@@ -172,12 +174,16 @@ def cclip(
 
     ``threshold`` is a float, a pytree matching the params, or a schedule.
     State: 4 bytes per parameter with momentum, 0 without.
+    ``track_clip_fraction=False`` skips the per-step count of clipped
+    coordinates (see :func:`clip_coordinatewise` for its cost).
 
     References:
       Zhang et al., 2020, https://arxiv.org/abs/1912.03194, eq. (CClip).
     """
     return _finish(
-        _with_momentum(b1, mu_dtype, clip_coordinatewise(threshold)),
+        _with_momentum(
+            b1, mu_dtype, clip_coordinatewise(threshold, track_clip_fraction=track_clip_fraction)
+        ),
         learning_rate,
         weight_decay,
         mask,

@@ -133,7 +133,10 @@ def fraction_true(tree_of_bools: Any) -> jax.Array:
     total = tree_size(leaves)
     if total == 0:
         return jnp.zeros((), jnp.float32)
-    count = sum(jnp.sum(x, dtype=jnp.float32) for x in leaves)
+    # An int32 count fuses with the comparison that produces the mask; a float32
+    # sum of the converted mask was materialized as a parameter-sized temporary
+    # on CPU. Per-leaf int32 counts cannot overflow below 2^31 elements per leaf.
+    count = sum(jnp.sum(x, dtype=jnp.int32).astype(jnp.float32) for x in leaves)
     return count / jnp.float32(total)
 
 

@@ -165,3 +165,26 @@ def test_state_bytes_per_parameter():
     assert per_param(optclip.normalized_gd(0.1, 1.0)) == 0
     assert per_param(optclip.normalized_momentum_sgd(0.1)) == 4
     assert per_param(optclip.clip_momentum_sgd(0.1, 1.0)) == 4
+
+
+def test_clip_fraction_is_found_through_wrappers():
+    params = {"w": jnp.ones(4), "b": jnp.ones(2)}
+    g = {"w": jnp.array([1.0, -1.0, 100.0, 0.0]), "b": jnp.array([1.0, 1.0])}
+    tx = optax.inject_hyperparams(optclip.acclip)(learning_rate=0.1, initial_threshold=0.5)
+    _, state = tx.update(g, tx.init(params), params)
+    # m = 0.1 g; tau_1 = 0.99 * 0.5 + 0.01 |g|: only the 100 coordinate exceeds it.
+    assert float(optclip.clip_fraction(state)) == pytest.approx(1 / 6)
+    tx = optax.MultiSteps(optclip.cclip(0.1, 0.05, b1=0.0), every_k_schedule=1)
+    _, state = tx.update(g, tx.init(params), params)
+    # b1 = 0: every nonzero coordinate (5 of 6) exceeds 0.05; the zero one is not clipped.
+    assert float(optclip.clip_fraction(state)) == pytest.approx(5 / 6)
+    with pytest.raises(ValueError, match="no ACClip"):
+        optclip.clip_fraction(optax.adam(0.1).init(params))
+
+
+def test_cclip_can_skip_the_clip_fraction():
+    tx = optclip.cclip(0.1, 0.05, track_clip_fraction=False)
+    params = {"w": jnp.ones(3)}
+    u, state = tx.update({"w": jnp.ones(3)}, tx.init(params), params)
+    np.testing.assert_allclose(u["w"], -0.1 * 0.05 * np.ones(3))
+    assert float(optclip.clip_fraction(state)) == 0.0
