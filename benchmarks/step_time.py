@@ -144,21 +144,32 @@ def scaling(sizes, reps):
 
 
 SHARDED_SNIPPET = r"""
-import os, json, jax, jax.numpy as jnp, optax, optclip
+import json, jax, jax.numpy as jnp, optax, optclip
 from jax.sharding import NamedSharding, PartitionSpec as P
 mesh = jax.make_mesh((8,), ("model",))
+sharded, replicated = NamedSharding(mesh, P("model")), NamedSharding(mesh, P())
 n = {n}
 out = {{}}
 for name, tx in [("optax.adam", optax.adam(1e-3)), ("acclip", optclip.acclip(1e-3)),
                  ("generalized_signsgd", optclip.generalized_signsgd(1e-3)),
                  ("gclip(b1=0.9)", optclip.gclip(1e-3, 1.0, b1=0.9))]:
-    params = jax.device_put(jnp.ones((n,), jnp.float32), NamedSharding(mesh, P("model")))
-    state = jax.jit(tx.init)(params)
-    big = [x for x in jax.tree.leaves(state) if x.size > 1]
-    per_device = sum(x.addressable_shards[0].data.nbytes for x in big)
-    total = sum(x.nbytes for x in big)
-    out[name] = dict(state_bytes_total=total, state_bytes_per_device=per_device,
-                     shards=total / per_device if per_device else 0)
+    params = jax.device_put(jnp.ones((n,), jnp.float32), sharded)
+    # State shardings follow the params: optax.tree_map_params picks the
+    # parameter-shaped leaves, everything else (counts, scalars) is replicated.
+    abstract = jax.eval_shape(tx.init, params)
+    shardings = optax.tree_map_params(tx, lambda _: sharded, abstract,
+                                      transform_non_params=lambda _: replicated)
+    row = {{}}
+    for how, init in [("out_shardings", jax.jit(tx.init, out_shardings=shardings)),
+                      ("plain_jit", jax.jit(tx.init))]:
+        big = [x for x in jax.tree.leaves(init(params)) if x.size > 1]
+        per_device = sum(x.addressable_shards[0].data.nbytes for x in big)
+        total = sum(x.nbytes for x in big)
+        row[how] = dict(total=total, per_device=per_device, shards=total / per_device)
+    out[name] = dict(state_bytes_total=row["out_shardings"]["total"],
+                     state_bytes_per_device=row["out_shardings"]["per_device"],
+                     shards=row["out_shardings"]["shards"],
+                     shards_plain_jit_init=row["plain_jit"]["shards"])
 print(json.dumps(out))
 """
 
@@ -244,7 +255,8 @@ def main(argv=None):
     print("\nstate bytes on 8 simulated devices, params sharded over 'model'")
     for k, v in results["sharded"].items():
         print(f"  {k:<22} total {v['state_bytes_total']:>10d}  per device {v['state_bytes_per_device']:>9d}"
-              f"  total/per-device {v['shards']:.1f}")
+              f"  total/per-device {v['shards']:.1f}"
+              f"  (plain jax.jit(tx.init): {v['shards_plain_jit_init']:.1f})")
     (out / "step_time.json").write_text(json.dumps(results, indent=2))
     png = plot(results, out / "step_time.png")
     print(f"\nwrote {out / 'step_time.json'}" + (f" and {png}" if png else ""))

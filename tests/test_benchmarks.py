@@ -1,0 +1,34 @@
+"""Smoke test of the step-time benchmark's quick mode (no timing assertions)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("step_time", ROOT / "benchmarks" / "step_time.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_mode_writes_json_with_every_variant(tmp_path, capsys):
+    step_time = _load()
+    results = step_time.main(["--quick", "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "step_time.json").read_text())
+    assert set(data["one_leaf"]) == set(step_time.variants())
+    # Compiled-program facts that do not depend on timing noise:
+    rows = data["one_leaf"]
+    assert rows["acclip"]["state_bytes_per_param"] == 8.0
+    assert rows["acclip"]["bytes_per_param"] <= rows["optax.adam"]["bytes_per_param"]
+    assert rows["acclip"]["temp_bytes"] <= 0.01 * 4 * results["n"]
+    assert rows["optclip.clip_gn+adam"]["temp_bytes"] <= 0.01 * 4 * results["n"]
+    assert rows["optax.clip_gn+adam"]["temp_bytes"] >= 4 * results["n"]  # optax's divided copy
+    # Sharded state: every parameter-sized state leaf is split over the 8 devices.
+    for name, row in data["sharded"].items():
+        assert row["shards"] == 8.0, name
+    assert "ratio" in capsys.readouterr().out
