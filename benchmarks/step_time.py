@@ -50,6 +50,8 @@ def variants():
         "gclip(b1=0.9)": (optclip.gclip(LR, 1.0, b1=0.9), "optax.ema+scale"),
         "optax.ema+clip+scale": (optax.chain(ema(), optax.clip(1.0), optax.scale(-LR)), None),
         "cclip(b1=0.9)": (optclip.cclip(LR, 1.0, b1=0.9), "optax.ema+clip+scale"),
+        "cclip(no clip_fraction)": (
+            optclip.cclip(LR, 1.0, b1=0.9, track_clip_fraction=False), "optax.ema+clip+scale"),
         "optax.normalize+scale": (
             optax.chain(optax.normalize_by_update_norm(1.0, eps=1.0), optax.scale(-LR)), None),
         "normalized_gd": (optclip.normalized_gd(LR, 1.0), "optax.normalize+scale"),
