@@ -148,7 +148,7 @@ def scaling(sizes, reps):
 SHARDED_SNIPPET = r"""
 import json, jax, jax.numpy as jnp, optax, optclip
 from jax.sharding import NamedSharding, PartitionSpec as P
-mesh = jax.make_mesh((8,), ("model",))
+mesh = jax.make_mesh((8,), ("model",), axis_types=(jax.sharding.AxisType.Auto,))
 sharded, replicated = NamedSharding(mesh, P("model")), NamedSharding(mesh, P())
 n = {n}
 out = {{}}
