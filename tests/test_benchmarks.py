@@ -24,7 +24,9 @@ def test_quick_mode_writes_json_with_every_variant(tmp_path, capsys):
     # Compiled-program facts that do not depend on timing noise:
     rows = data["one_leaf"]
     assert rows["acclip"]["state_bytes_per_param"] == 8.0
-    assert rows["acclip"]["bytes_per_param"] <= rows["optax.adam"]["bytes_per_param"]
+    # Per parameter, scalars aside: allow 100 bytes of scalar state in total.
+    scalars = 100 / results["n"]
+    assert rows["acclip"]["bytes_per_param"] <= rows["optax.adam"]["bytes_per_param"] + scalars
     assert rows["acclip"]["temp_bytes"] <= 0.01 * 4 * results["n"]
     assert rows["optclip.clip_gn+adam"]["temp_bytes"] <= 0.01 * 4 * results["n"]
     assert rows["optax.clip_gn+adam"]["temp_bytes"] >= 4 * results["n"]  # optax's divided copy
