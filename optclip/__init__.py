@@ -33,6 +33,17 @@ from optclip._clipping import (
     scale_by_acclip,
 )
 from optclip._equivalence import ClippingEquivalent, adam_as_clipping
+from optclip._ingd import (
+    IngdResult,
+    IngdStatus,
+    StochasticIngdState,
+    ingd,
+    ingd_iterate,
+    ingd_oracle_bound,
+    ingd_output_index,
+    scale_by_stochastic_ingd,
+    stochastic_ingd,
+)
 from optclip._normalize import (
     NormalizeByGlobalNormState,
     ScaleByClipMomentumState,
@@ -59,6 +70,14 @@ __all__ = [
     "generalized_signsgd",
     "normalized_gd",
     "normalized_momentum_sgd",
+    "stochastic_ingd",
+    # Nonsmooth: deterministic INGD and Stochastic INGD helpers.
+    "ingd",
+    "ingd_iterate",
+    "ingd_oracle_bound",
+    "ingd_output_index",
+    "IngdResult",
+    "IngdStatus",
     # Directions and pieces.
     "clip_by_global_norm",
     "clip_coordinatewise",
@@ -70,6 +89,7 @@ __all__ = [
     "scale_by_clip_momentum",
     "scale_by_generalized_sign",
     "scale_by_sign",
+    "scale_by_stochastic_ingd",
     # Statistics.
     "clip_fraction",
     # Functions the pieces are made of.
@@ -90,4 +110,5 @@ __all__ = [
     "RunningRmsState",
     "ScaleByACClipState",
     "ScaleByClipMomentumState",
+    "StochasticIngdState",
 ]

@@ -1,0 +1,362 @@
+"""INGD (thesis ch. 5): the deterministic solver's certificate and the Stochastic INGD transform."""
+
+from __future__ import annotations
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import optclip
+
+# ---------------------------------------------------------------------------
+# Deterministic INGD on functions with known Clarke-stationary sets
+# ---------------------------------------------------------------------------
+
+
+def abs_sum(x):
+    return jnp.abs(x[0]) + 2.0 * jnp.abs(x[1] - 1.0)
+
+
+def abs_sum_tree(x):
+    return jnp.abs(x["a"]) + 2.0 * jnp.abs(x["b"][0] - 1.0)
+
+
+def zigzag(x):
+    # |x| plus a triangle wave of slope +-0.5: every slope away from 0 has the sign
+    # of x, so the only Clarke-stationary point is 0.
+    period = 0.37
+    tri = jnp.abs((x[0] / period) % 2.0 - 1.0) * period
+    return jnp.abs(x[0]) + 0.5 * tri
+
+
+ANGLES = 2 * np.pi * np.arange(5) / 5 + 0.3
+A = jnp.asarray(np.stack([np.cos(ANGLES), np.sin(ANGLES)], 1), jnp.float32)
+
+
+def max_affine(x):
+    # The a_i surround 0, so the minimum (the only stationary point) is x = 0.
+    return jnp.max(A @ x)
+
+
+KNOWN = [
+    ("abs_sum", abs_sum, jnp.array([3.0, -2.0]), 5**0.5, lambda x: (np.asarray(x) - [0.0, 1.0])),
+    ("abs_sum_tree", abs_sum_tree, {"a": jnp.array(2.5), "b": jnp.array([-1.5])}, 5**0.5,
+     lambda x: np.array([float(x["a"]), float(x["b"][0]) - 1.0])),
+    ("zigzag", zigzag, jnp.array([2.3]), 1.5, lambda x: np.asarray(x)),
+    ("max_affine", max_affine, jnp.array([1.7, -2.2]), 1.0, lambda x: np.asarray(x)),
+]
+
+
+@pytest.mark.parametrize("name,f,x0,lip,offset", KNOWN, ids=[k[0] for k in KNOWN])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ingd_certifies_near_the_stationary_set(name, f, x0, lip, offset, seed):
+    delta, eps = 0.1, 0.1
+    res = optclip.ingd(f, x0, delta=delta, epsilon=eps, lipschitz=lip, key=seed)
+    assert bool(res.stationary) and int(res.status) == optclip.IngdStatus.CERTIFIED
+    assert float(res.m_norm) <= eps
+    # With eps < 1 every gradient direction must appear inside x + delta B, which
+    # puts each coordinate of the anchor within delta of the stationary point.
+    assert np.all(np.abs(offset(res.x)) < delta + 1e-6), (name, res.x)
+    gap = float(f(x0)) - float(f(jax.tree.map(jnp.zeros_like, x0))) if name != "abs_sum_tree" \
+        else float(f(x0))
+    calls = int(res.num_value_calls) + int(res.num_grad_calls)
+    bound = optclip.ingd_oracle_bound(delta, eps, lip, max(gap, 1e-3), failure_probability=0.1)
+    assert calls <= bound
+
+
+def test_relu_network_loss_is_certified_within_the_bound():
+    rng = np.random.default_rng(0)
+    xs = jnp.asarray(rng.normal(size=(32, 2)), jnp.float32)
+    ys = jnp.asarray(np.abs(xs[:, 0]) - np.abs(xs[:, 1]), jnp.float32)
+
+    def loss(p):
+        h = jax.nn.relu(xs @ p["w1"] + p["b1"])
+        return jnp.mean(jnp.abs(h @ p["w2"] - ys))  # nonsmooth loss of a ReLU network
+
+    p0 = {"w1": jnp.asarray(rng.normal(size=(2, 6)), jnp.float32), "b1": jnp.zeros(6),
+          "w2": jnp.asarray(rng.normal(size=(6,)), jnp.float32)}
+    # L = 3 bounds the gradient norms seen here (2.1 at p0); a loose L makes beta ~ 1
+    # and the search slow, as K = 48 L^2 / eps^2 says.
+    res = jax.jit(lambda p: optclip.ingd(loss, p, delta=0.1, epsilon=0.2, lipschitz=3.0,
+                                         max_oracle_calls=100_000))(p0)
+    assert bool(res.stationary)
+    assert float(res.value) < 0.2 * float(loss(p0))
+    bound = optclip.ingd_oracle_bound(0.1, 0.2, 3.0, float(loss(p0)))
+    assert int(res.num_value_calls + res.num_grad_calls) <= bound
+
+
+def test_smooth_quadratic_descends_at_the_first_inner_step():
+    # Remark 5.4.1: on a smooth function the descent test (almost) always passes at once.
+    f = lambda x: 0.5 * jnp.sum(jnp.arange(1.0, 6.0) * x**2)  # noqa: E731
+    res = optclip.ingd(f, 3.0 * jnp.ones(5), delta=0.02, epsilon=0.05, lipschitz=50.0)
+    assert bool(res.stationary)
+    assert int(res.num_anchors) > 20
+    assert int(res.num_searches) <= 0.05 * int(res.num_anchors)
+
+
+def test_budget_exhausted_is_reported():
+    res = optclip.ingd(abs_sum, jnp.array([30.0, -20.0]), delta=0.01, epsilon=0.01,
+                       lipschitz=5**0.5, max_oracle_calls=50)
+    assert not bool(res.stationary)
+    assert int(res.status) == optclip.IngdStatus.BUDGET_EXHAUSTED
+    assert int(res.num_value_calls + res.num_grad_calls) <= 51
+
+
+def test_ingd_jit_matches_eager_and_is_reproducible():
+    x0 = jnp.array([3.0, -2.0])
+    kw = dict(delta=0.1, epsilon=0.1, lipschitz=5**0.5, key=jax.random.key(3))
+    a = optclip.ingd(abs_sum, x0, **kw)
+    b = jax.jit(lambda x: optclip.ingd(abs_sum, x, **kw))(x0)
+    chex.assert_trees_all_equal(a, b)
+    raw = optclip.ingd(abs_sum, x0, **{**kw, "key": jax.random.PRNGKey(3)})
+    chex.assert_trees_all_equal(a, raw)
+
+
+@pytest.mark.parametrize("kwargs,arg", [
+    (dict(delta=0.0, epsilon=0.1, lipschitz=1.0), "delta"),
+    (dict(delta=0.1, epsilon=-1.0, lipschitz=1.0), "epsilon"),
+    (dict(delta=0.1, epsilon=0.1, lipschitz=0.0), "lipschitz"),
+    (dict(delta=0.1, epsilon=0.1, lipschitz=1.0, max_oracle_calls=0), "max_oracle_calls"),
+])
+def test_ingd_bad_input(kwargs, arg):
+    with pytest.raises(ValueError, match=f"`{arg}`"):
+        optclip.ingd(abs_sum, jnp.ones(2), **kwargs)
+
+
+def test_ingd_rejects_non_scalar_and_non_finite_objectives():
+    with pytest.raises(ValueError, match="scalar"):
+        optclip.ingd(lambda x: x, jnp.ones(2), delta=0.1, epsilon=0.1, lipschitz=1.0)
+    with pytest.raises(ValueError, match="finite"):
+        optclip.ingd(lambda x: jnp.sum(x) / 0.0, jnp.ones(2), delta=0.1, epsilon=0.1, lipschitz=1.0)
+
+
+# ---------------------------------------------------------------------------
+# Stochastic INGD
+# ---------------------------------------------------------------------------
+
+
+def _reference_trajectory(grad_fn, x1, p, q, beta, us):
+    """Algorithm 3 in NumPy (float64), given the interpolation draws u_t."""
+    x = np.asarray(x1, np.float64)
+    y = x.copy()
+    m = None
+    xs, ys = [], []
+    for u in us:
+        g = grad_fn(y)
+        m = g if m is None else beta * m + (1 - beta) * g
+        x_next = x - m / (p * np.linalg.norm(m) + q)
+        y = x + u * (x_next - x)
+        x = x_next
+        xs.append(x.copy())
+        ys.append(y.copy())
+    return np.array(xs), np.array(ys)
+
+
+def test_stochastic_ingd_matches_numpy_reference():
+    p, q, beta, steps = 2.0, 1.0, 0.8, 40
+    key = jax.random.key(7)
+    us = [float(jax.random.uniform(jax.random.fold_in(key, t))) for t in range(steps)]
+    target = np.array([0.5, -1.0, 2.0])
+    grad_np = lambda y: np.sign(y - target) + 0.3 * (y - target)  # noqa: E731
+    xs_ref, ys_ref = _reference_trajectory(grad_np, np.zeros(3), p, q, beta, us)
+
+    tx = optclip.stochastic_ingd(p, q, beta, key=key)
+    params = jnp.zeros(3)
+    state = tx.init(params)
+    for t in range(steps):
+        g = jnp.sign(params - target) + 0.3 * (params - target)
+        u, state = jax.jit(tx.update)(g, state, params)
+        params = optax.apply_updates(params, u)
+        np.testing.assert_allclose(params, ys_ref[t], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(optclip.ingd_iterate(params, state), xs_ref[t], rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(st.floats(0.1, 10.0), st.floats(0.0, 20.0), st.floats(0.0, 0.99),
+       st.sampled_from([1e-6, 1.0, 1e3, 1e20]))
+def test_iterates_move_at_most_one_over_p(p, q, beta, scale):
+    tx = optclip.stochastic_ingd(p, q, beta, key=1)
+    params = {"a": jnp.ones(3), "b": -jnp.ones(2)}
+    state = tx.init(params)
+    rng = np.random.default_rng(0)
+    x_prev = optclip.ingd_iterate(params, state)
+    update = jax.jit(tx.update)
+    for _ in range(5):
+        g = jax.tree.map(lambda x: jnp.asarray(rng.standard_t(1.5, x.shape) * scale, jnp.float32),
+                         params)
+        u, state = update(g, state, params)
+        params = optax.apply_updates(params, u)
+        x = optclip.ingd_iterate(params, state)
+        step = float(optax.tree.norm(optax.tree.sub(x, x_prev)))
+        assert step <= (1 / p) * (1 + 1e-5) + 1e-6
+        x_prev = x
+
+
+def _noisy_l1_run(tx, steps, seed=0, d=10):
+    rng = np.random.default_rng(seed)
+    noise = jnp.asarray(rng.normal(scale=0.5, size=(steps, d)), jnp.float32)
+    x0 = jnp.asarray(rng.normal(scale=3.0, size=d), jnp.float32)
+
+    def step(carry, xi):
+        params, state = carry
+        g = jnp.sign(params) + xi  # noisy subgradient of ||x||_1
+        u, state = tx.update(g, state, params)
+        params = optax.apply_updates(params, u)
+        return (params, state), (optax.tree.get(state, "momentum_norm"),
+                                 jnp.sum(jnp.abs(optclip.ingd_iterate(params, state))))
+
+    _, (m_norms, f_vals) = jax.jit(lambda: jax.lax.scan(step, (x0, tx.init(x0)), noise))()
+    return np.asarray(m_norms), np.asarray(f_vals), float(jnp.sum(jnp.abs(x0)))
+
+
+def test_reaches_small_momentum_on_noisy_l1():
+    m_norms, f_vals, f0 = _noisy_l1_run(optclip.stochastic_ingd(p=1.0, q=10.0, beta=0.99), 3000)
+    assert f_vals[-1] < 0.2 * f0
+    # (delta, eps)-stationarity shows up as a small running momentum near the kink.
+    hit = np.argmax(m_norms < 0.5)
+    assert m_norms[hit] < 0.5 and hit < 3000
+
+
+def test_relu_regression_with_noisy_gradients():
+    rng = np.random.default_rng(1)
+    xs = jnp.asarray(rng.normal(size=(256, 3)), jnp.float32)
+    ys = jax.nn.relu(xs @ jnp.array([1.0, -2.0, 0.5]))
+    params = {"w": jnp.asarray(rng.normal(size=(3, 8)) * 0.5, jnp.float32), "v": jnp.ones(8) * 0.1}
+
+    def loss(p, idx):
+        pred = jax.nn.relu(xs[idx] @ p["w"]) @ p["v"]
+        return jnp.mean(jnp.abs(pred - ys[idx]))
+
+    tx = optclip.stochastic_ingd(p=1.0, q=5.0, beta=0.9, key=0)
+    idx = jnp.asarray(rng.integers(0, 256, size=(1500, 16)))
+
+    def step(carry, i):
+        p, s = carry
+        u, s = tx.update(jax.grad(loss)(p, i), s, p)
+        return (optax.apply_updates(p, u), s), optax.tree.get(s, "momentum_norm")
+
+    (p_end, s_end), m_norms = jax.jit(lambda: jax.lax.scan(step, (params, tx.init(params)), idx))()
+    full = jnp.arange(256)
+    assert float(loss(optclip.ingd_iterate(p_end, s_end), full)) < 0.5 * float(loss(params, full))
+    assert float(np.min(np.asarray(m_norms))) < 0.5 * float(np.asarray(m_norms)[0])
+
+
+def _trajectory(tx, steps=20, jit=True):
+    params = {"a": jnp.array([1.0, -2.0]), "b": jnp.array(0.5)}
+    state = tx.init(params)
+    update = jax.jit(tx.update) if jit else tx.update
+    out = []
+    for t in range(steps):
+        g = jax.tree.map(lambda x: jnp.sign(x) + 0.1 * t, params)
+        u, state = update(g, state, params)
+        params = optax.apply_updates(params, u)
+        out.append(params)
+    return out, state
+
+
+def test_same_key_same_trajectory_any_key_form_and_jit():
+    a, _ = _trajectory(optclip.stochastic_ingd(key=jax.random.key(5)))
+    b, _ = _trajectory(optclip.stochastic_ingd(key=jax.random.PRNGKey(5)))
+    c, _ = _trajectory(optclip.stochastic_ingd(key=5))
+    with chex.fake_jit():
+        d, _ = _trajectory(optclip.stochastic_ingd(key=jax.random.key(5)))
+    chex.assert_trees_all_equal(a, b)
+    chex.assert_trees_all_equal(a, c)
+    chex.assert_trees_all_close(a, d, rtol=1e-6)
+    e, _ = _trajectory(optclip.stochastic_ingd(key=6))
+    assert not np.allclose(np.asarray(a[-1]["a"]), np.asarray(e[-1]["a"]))
+
+
+def test_inject_hyperparams_and_multisteps():
+    plain, _ = _trajectory(optclip.stochastic_ingd(p=2.0, q=3.0, beta=0.8, key=1))
+    inj, state = _trajectory(optax.inject_hyperparams(optclip.stochastic_ingd)(
+        p=2.0, q=3.0, beta=0.8, key=1))
+    chex.assert_trees_all_close(plain, inj, rtol=1e-6)
+    assert set(state.hyperparams) >= {"p", "q", "beta"}
+    multi, _ = _trajectory(optax.MultiSteps(optclip.stochastic_ingd(key=1), every_k_schedule=1))
+    single, _ = _trajectory(optclip.stochastic_ingd(key=1))
+    chex.assert_trees_all_close(multi, single, rtol=1e-6)
+
+
+def test_chains_after_weight_decay_and_other_transforms():
+    params = {"w": jnp.array([1.0, -1.0])}
+    g = {"w": jnp.array([0.0, 0.0])}
+    tx = optclip.stochastic_ingd(p=1.0, q=0.0, key=0, weight_decay=0.5)
+    u, state = tx.update(g, tx.init(params), params)
+    # m_1 = 0.5 * w: the step is -m/||m|| times u, towards the origin.
+    assert float(optax.tree.get(state, "momentum_norm")) == pytest.approx(0.5 * 2**0.5, rel=1e-6)
+    x = optclip.ingd_iterate(optax.apply_updates(params, u), state)
+    np.testing.assert_allclose(x["w"], np.array([1.0, -1.0]) * (1 - 1 / 2**0.5), rtol=1e-6)
+    clipped = optax.chain(optclip.clip_by_global_norm(1.0), optclip.stochastic_ingd(key=0))
+    _trajectory(clipped)
+
+
+def test_flax_nnx_optimizer():
+    from flax import nnx
+
+    model = nnx.Linear(3, 1, rngs=nnx.Rngs(0))
+    opt = nnx.Optimizer(model, optclip.stochastic_ingd(key=0), wrt=nnx.Param)
+    x, y = jnp.ones((8, 3)), jnp.zeros((8, 1))
+    loss = lambda m: jnp.mean(jnp.abs(m(x) - y))  # noqa: E731
+    before = float(loss(model))
+    for _ in range(50):
+        opt.update(model, nnx.grad(loss)(model))
+    assert float(loss(model)) < before
+
+
+def test_state_survives_flatten_and_orbax_round_trip(tmp_path):
+    tx = optclip.stochastic_ingd(key=jax.random.key(2))
+    params = {"a": jnp.array([1.0, -2.0]), "b": jnp.array(0.5)}
+    full, _ = _trajectory(tx, 20)
+    first, state = _trajectory(tx, 10)
+    leaves, treedef = jax.tree.flatten(state)
+    state = jax.tree.unflatten(treedef, leaves)
+    try:
+        import orbax.checkpoint as ocp
+    except ImportError:
+        ocp = None
+    if ocp is not None:
+        ckpt = ocp.StandardCheckpointer()
+        ckpt.save(tmp_path / "s", {"params": first[-1], "state": state})
+        ckpt.wait_until_finished()
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"params": first[-1], "state": state})
+        restored = ckpt.restore(tmp_path / "s", target)
+        params, state = restored["params"], restored["state"]
+        assert isinstance(state, optclip.StochasticIngdState) or jax.tree.structure(state) == treedef
+        state = jax.tree.unflatten(treedef, jax.tree.leaves(state))
+    else:
+        params = first[-1]
+    update = jax.jit(tx.update)
+    for t in range(10, 20):
+        g = jax.tree.map(lambda x: jnp.sign(x) + 0.1 * t, params)
+        u, state = update(g, state, params)
+        params = optax.apply_updates(params, u)
+    chex.assert_trees_all_equal(params, full[-1])
+
+
+def test_output_index_rule():
+    idx = [int(optclip.ingd_output_index(k, 100, 10)) for k in range(200)]
+    assert min(idx) >= 1 and max(idx) <= 90
+    assert sum(i == 1 for i in idx) >= 5  # max(i - K, 1) piles up at 1
+    with pytest.raises(ValueError, match="num_steps"):
+        optclip.ingd_output_index(0, 0, 1)
+
+
+@pytest.mark.parametrize("kwargs,arg", [(dict(p=0.0), "p"), (dict(q=-1.0), "q"),
+                                        (dict(beta=1.0), "beta")])
+def test_stochastic_ingd_bad_input(kwargs, arg):
+    with pytest.raises(ValueError, match=f"`{arg}`"):
+        optclip.stochastic_ingd(**kwargs)
+
+
+def test_oracle_bound_formula():
+    got = optclip.ingd_oracle_bound(0.1, 0.2, 2.0, 5.0, failure_probability=0.1)
+    want = 192 * 5.0 * 4.0 / (0.2**3 * 0.1) * math.log(4 * 5.0 / (0.1 * 0.1 * 0.2))
+    assert got == pytest.approx(want)
