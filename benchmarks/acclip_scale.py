@@ -1,6 +1,6 @@
 """ACClip at SGD's and at Adam's learning-rate scale, and what the initial threshold does.
 
-Trains the small character transformer of ``benchmarks/charlm.py`` (text from
+Trains the small character transformer of ``optclip/charlm.py`` (text from
 the standard library's own sources) with SGD-momentum, Adam, the printed ACClip
 rule (``initial_threshold`` 0, 1 and the default: seeded from the first
 gradient) and the RMS-scaled ACClip (``alpha`` 1 and 2). Each optimizer gets a
@@ -28,11 +28,8 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import charlm  # noqa: E402
-
-import optclip  # noqa: E402
+import optclip
+from optclip import charlm
 
 SGD_GRID = (3.0, 1.0, 0.3)
 ADAM_GRID = (1e-2, 3e-3, 1e-3)

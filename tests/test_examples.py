@@ -23,3 +23,12 @@ def test_ingd_relu_mlp_trains_every_optimizer(tmp_path, capsys):
         assert name in out
         # Two epochs are enough for a ReLU MLP to beat chance (0.1) by far on digits.
         assert curves[name][0][-1][1] > 0.6
+
+
+def test_noise_diagnostics_reports_both_models(tmp_path, capsys):
+    example = _load("noise_diagnostics")
+    rows = example.main(["--quick", "--out", str(tmp_path)])
+    assert set(rows) == {"char transformer (text)", "MLP (digits)"}
+    for r in rows.values():
+        assert 0.3 < r["stable"] < 5 and r["hill"] > 0
+    assert "Reading:" in capsys.readouterr().out

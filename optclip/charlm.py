@@ -1,6 +1,7 @@
 """A small causal character-level transformer on the Python standard library's own source.
 
-Shared by the benchmarks that train a real attention model on 2 CPU cores. The
+Shared by the demo, the examples and the benchmarks that train a real
+attention model on 2 CPU cores. The
 text needs no download: it is read at run time from the ``.py`` files at the
 top of this interpreter's standard library, in sorted order, so the data (and
 the train/validation split: the last 10% of characters) is deterministic for a
