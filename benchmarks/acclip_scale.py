@@ -42,11 +42,16 @@ CONFIGS = {
     "acclip tau0=1": (lambda lr: optclip.acclip(lr, initial_threshold=1.0), SGD_GRID, True),
     "acclip tau0=|g1|": (lambda lr: optclip.acclip(lr), SGD_GRID, True),
     "acclip rms a=1 tau0=0": (
-        lambda lr: optclip.acclip(lr, rms_scale=True, initial_threshold=0.0), ADAM_GRID, True),
+        lambda lr: optclip.acclip(lr, rms_scale=True, initial_threshold=0.0),
+        ADAM_GRID,
+        True,
+    ),
     "acclip rms a=1 tau0=|g1|": (lambda lr: optclip.acclip(lr, rms_scale=True), ADAM_GRID, True),
     "acclip rms a=2 tau0=0": (
         lambda lr: optclip.acclip(lr, rms_scale=True, alpha=2.0, initial_threshold=0.0),
-        ADAM_GRID, True),
+        ADAM_GRID,
+        True,
+    ),
 }
 
 
@@ -61,8 +66,11 @@ def run(names, cfg, steps, seeds, grids=None, progress=True, max_chars=1_500_000
         track = optclip.clip_fraction if tracks else None
         val, losses, frac = charlm.train_seeds(task, make(lr), seeds, steps, track=track)
         row = results["rows"].setdefault(name, {})
-        row[f"{lr:g}"] = dict(val=val.tolist(), final_train=losses[:, -1].tolist(),
-                              clip_fraction=np.nanmean(frac, axis=0).tolist() if tracks else None)
+        row[f"{lr:g}"] = dict(
+            val=val.tolist(),
+            final_train=losses[:, -1].tolist(),
+            clip_fraction=np.nanmean(frac, axis=0).tolist() if tracks else None,
+        )
     return results
 
 
@@ -75,22 +83,35 @@ def summarize(results):
         grid = list(by_lr)
         edge = best in (grid[0], grid[-1]) and len(grid) > 1
         frac = r["clip_fraction"]
-        table.append(dict(
-            name=name, lr=best, edge=edge, mean=float(np.mean(r["val"])), std=float(np.std(r["val"])),
-            all_lrs={lr: round(m, 4) for lr, m in means.items()},
-            clip_first10=float(np.mean(frac[:10])) if frac else None,
-            clip_last100=float(np.mean(frac[-100:])) if frac else None,
-            clip_mean=float(np.mean(frac)) if frac else None))
+        table.append(
+            dict(
+                name=name,
+                lr=best,
+                edge=edge,
+                mean=float(np.mean(r["val"])),
+                std=float(np.std(r["val"])),
+                all_lrs={lr: round(m, 4) for lr, m in means.items()},
+                clip_first10=float(np.mean(frac[:10])) if frac else None,
+                clip_last100=float(np.mean(frac[-100:])) if frac else None,
+                clip_mean=float(np.mean(frac)) if frac else None,
+            )
+        )
     return table
 
 
 def format_table(table) -> str:
-    lines = [f"{'optimizer':<26}{'best lr':>9}{'val loss (mean ± std)':>24}"
-             f"{'clipped: steps 1-10':>21}{'last 100':>10}{'all':>7}", "-" * 97]
+    lines = [
+        f"{'optimizer':<26}{'best lr':>9}{'val loss (mean ± std)':>24}"
+        f"{'clipped: steps 1-10':>21}{'last 100':>10}{'all':>7}",
+        "-" * 97,
+    ]
     for t in sorted(table, key=lambda t: t["mean"]):
         lr = t["lr"] + ("*" if t["edge"] else "")
-        clip = (f"{t['clip_first10']:>21.3f}{t['clip_last100']:>10.3f}{t['clip_mean']:>7.3f}"
-                if t["clip_mean"] is not None else f"{'':>21}{'':>10}{'':>7}")
+        clip = (
+            f"{t['clip_first10']:>21.3f}{t['clip_last100']:>10.3f}{t['clip_mean']:>7.3f}"
+            if t["clip_mean"] is not None
+            else f"{'':>21}{'':>10}{'':>7}"
+        )
         lines.append(f"{t['name']:<26}{lr:>9}{t['mean']:>15.4f} ± {t['std']:<6.4f}{clip}")
     lines.append("* best learning rate at the edge of its grid")
     return "\n".join(lines)
@@ -106,8 +127,12 @@ def plot(results, table, path):
         return None
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     order = sorted(table, key=lambda t: t["mean"])
-    axes[0].barh([t["name"] for t in order], [t["mean"] for t in order],
-                 xerr=[t["std"] for t in order], color="tab:blue")
+    axes[0].barh(
+        [t["name"] for t in order],
+        [t["mean"] for t in order],
+        xerr=[t["std"] for t in order],
+        color="tab:blue",
+    )
     axes[0].invert_yaxis()
     axes[0].set_xlabel("validation loss (best lr, mean ± std over seeds)")
     lo = min(t["mean"] for t in order)
@@ -150,15 +175,20 @@ def main(argv=None):
     results["table"] = table
     results["machine"] = dict(platform=platform.platform(), python=platform.python_version())
     results["seconds"] = time.perf_counter() - start
-    print(f"char transformer, {results['params']} params, {args.steps} steps, "
-          f"{args.seeds} seeds, batch {cfg.batch}x{cfg.seq}")
+    print(
+        f"char transformer, {results['params']} params, {args.steps} steps, "
+        f"{args.seeds} seeds, batch {cfg.batch}x{cfg.seq}"
+    )
     print(format_table(table))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "acclip_scale.json").write_text(json.dumps(results, indent=1))
     png = plot(results, table, out / "acclip_scale.png")
-    print(f"wrote {out / 'acclip_scale.json'}" + (f" and {png}" if png else "")
-          + f" in {results['seconds']:.0f}s")
+    print(
+        f"wrote {out / 'acclip_scale.json'}"
+        + (f" and {png}" if png else "")
+        + f" in {results['seconds']:.0f}s"
+    )
     return results
 
 

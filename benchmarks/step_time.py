@@ -28,7 +28,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 import optclip
@@ -38,7 +37,7 @@ LR = 1e-3
 
 def variants():
     """name -> (transformation, counterpart name or None)."""
-    ema = lambda: optax.ema(0.9, debias=False)  # noqa: E731
+    ema = lambda: optax.ema(0.9, debias=False)
     return {
         "optax.adam": (optax.adam(LR), None),
         "acclip": (optclip.acclip(LR), "optax.adam"),
@@ -46,20 +45,28 @@ def variants():
         "generalized_signsgd": (optclip.generalized_signsgd(LR), "optax.adam"),
         "optax.ema+scale": (optax.chain(ema(), optax.scale(-LR)), None),
         "optax.ema+clip_gn+scale": (
-            optax.chain(ema(), optax.clip_by_global_norm(1.0), optax.scale(-LR)), None),
+            optax.chain(ema(), optax.clip_by_global_norm(1.0), optax.scale(-LR)),
+            None,
+        ),
         "gclip(b1=0.9)": (optclip.gclip(LR, 1.0, b1=0.9), "optax.ema+scale"),
         "optax.ema+clip+scale": (optax.chain(ema(), optax.clip(1.0), optax.scale(-LR)), None),
         "cclip(b1=0.9)": (optclip.cclip(LR, 1.0, b1=0.9), "optax.ema+clip+scale"),
         "cclip(no clip_fraction)": (
-            optclip.cclip(LR, 1.0, b1=0.9, track_clip_fraction=False), "optax.ema+clip+scale"),
+            optclip.cclip(LR, 1.0, b1=0.9, track_clip_fraction=False),
+            "optax.ema+clip+scale",
+        ),
         "optax.normalize+scale": (
-            optax.chain(optax.normalize_by_update_norm(1.0, eps=1.0), optax.scale(-LR)), None),
+            optax.chain(optax.normalize_by_update_norm(1.0, eps=1.0), optax.scale(-LR)),
+            None,
+        ),
         "normalized_gd": (optclip.normalized_gd(LR, 1.0), "optax.normalize+scale"),
         "optax.signum": (optax.signum(LR), None),
         "signum": (optclip.generalized_signsgd(LR, b2=0.0), "optax.signum"),
         "optax.clip_gn+adam": (optax.chain(optax.clip_by_global_norm(1.0), optax.adam(LR)), None),
         "optclip.clip_gn+adam": (
-            optax.chain(optclip.clip_by_global_norm(1.0), optax.adam(LR)), "optax.clip_gn+adam"),
+            optax.chain(optclip.clip_by_global_norm(1.0), optax.adam(LR)),
+            "optax.clip_gn+adam",
+        ),
     }
 
 
@@ -75,7 +82,10 @@ def make_tree(n: int, leaves: int, seed: int = 0):
     sizes = [n // leaves] * leaves
     sizes[-1] += n - sum(sizes)
     keys = jax.random.split(jax.random.key(seed), leaves)
-    return {f"p{i:04d}": jax.random.normal(k, (s,), jnp.float32) for i, (k, s) in enumerate(zip(keys, sizes))}
+    return {
+        f"p{i:04d}": jax.random.normal(k, (s,), jnp.float32)
+        for i, (k, s) in enumerate(zip(keys, sizes, strict=True))
+    }
 
 
 def compile_step(tx, params, grads):
@@ -97,10 +107,18 @@ def program_report(compiled, n: int) -> dict:
     text = compiled.as_text()
     fusions = len(re.findall(r"^\s*\S+ = \S+ fusion\(", text, flags=re.M))
     temp = getattr(mem, "temp_size_in_bytes", 0)
-    peak = (getattr(mem, "argument_size_in_bytes", 0) + getattr(mem, "output_size_in_bytes", 0)
-            - getattr(mem, "alias_size_in_bytes", 0) + temp)
-    return dict(bytes_per_param=float(cost.get("bytes accessed", float("nan"))) / n,
-                temp_bytes=int(temp), peak_bytes=int(peak), fusions=fusions)
+    peak = (
+        getattr(mem, "argument_size_in_bytes", 0)
+        + getattr(mem, "output_size_in_bytes", 0)
+        - getattr(mem, "alias_size_in_bytes", 0)
+        + temp
+    )
+    return dict(
+        bytes_per_param=float(cost.get("bytes accessed", float("nan"))) / n,
+        temp_bytes=int(temp),
+        peak_bytes=int(peak),
+        fusions=fusions,
+    )
 
 
 def state_bytes_per_param(state, n: int) -> float:
@@ -114,10 +132,16 @@ def time_variants(specs, n, leaves, reps, warmup=2):
     for name, (tx, _) in specs.items():
         params = make_tree(n, leaves)
         jitted, compiled, state = compile_step(tx, params, grads)
-        runs[name] = dict(fn=jitted, params=params, state=state, times=[],
-                          report=program_report(compiled, n), state_bpp=state_bytes_per_param(state, n))
+        runs[name] = dict(
+            fn=jitted,
+            params=params,
+            state=state,
+            times=[],
+            report=program_report(compiled, n),
+            state_bpp=state_bytes_per_param(state, n),
+        )
     for r in range(warmup + reps):
-        for name, run in runs.items():
+        for run in runs.values():
             t0 = time.perf_counter()
             run["params"], run["state"] = run["fn"](run["params"], run["state"], grads)
             jax.block_until_ready(run["params"])
@@ -125,8 +149,11 @@ def time_variants(specs, n, leaves, reps, warmup=2):
                 run["times"].append(time.perf_counter() - t0)
     rows = {}
     for name, run in runs.items():
-        rows[name] = dict(median_ms=1e3 * statistics.median(run["times"]),
-                          state_bytes_per_param=run["state_bpp"], **run["report"])
+        rows[name] = dict(
+            median_ms=1e3 * statistics.median(run["times"]),
+            state_bytes_per_param=run["state_bpp"],
+            **run["report"],
+        )
     for name, (_, counterpart) in specs.items():
         if counterpart in rows:
             rows[name]["ratio"] = rows[name]["median_ms"] / rows[counterpart]["median_ms"]
@@ -140,8 +167,10 @@ def scaling(sizes, reps):
     out = {}
     for n in sizes:
         rows = time_variants(specs, n, 1, reps)
-        out[str(n)] = {k: dict(median_ms=v["median_ms"], ns_per_param=1e6 * v["median_ms"] / n)
-                       for k, v in rows.items()}
+        out[str(n)] = {
+            k: dict(median_ms=v["median_ms"], ns_per_param=1e6 * v["median_ms"] / n)
+            for k, v in rows.items()
+        }
     return out
 
 
@@ -177,23 +206,34 @@ print(json.dumps(out))
 
 
 def sharded_state_bytes(n: int) -> dict:
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    res = subprocess.run([sys.executable, "-c", SHARDED_SNIPPET.format(n=n)], env=env,
-                         capture_output=True, text=True, check=True)
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", SHARDED_SNIPPET.format(n=n)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def print_table(title, rows):
     print(f"\n{title}")
-    head = (f"{'variant':<24}{'ms':>9}{'ratio':>8}  {'vs':<24}{'B/param':>8}"
-            f"{'state B/p':>10}{'temp B':>10}{'fusions':>8}")
+    head = (
+        f"{'variant':<24}{'ms':>9}{'ratio':>8}  {'vs':<24}{'B/param':>8}"
+        f"{'state B/p':>10}{'temp B':>10}{'fusions':>8}"
+    )
     print(head)
     print("-" * len(head))
     for name, r in rows.items():
         ratio = f"{r['ratio']:.2f}" if "ratio" in r else ""
-        print(f"{name:<24}{r['median_ms']:>9.2f}{ratio:>8}  {r.get('vs', ''):<24}"
-              f"{r['bytes_per_param']:>8.1f}{r['state_bytes_per_param']:>10.1f}"
-              f"{r['temp_bytes']:>10d}{r['fusions']:>8d}")
+        print(
+            f"{name:<24}{r['median_ms']:>9.2f}{ratio:>8}  {r.get('vs', ''):<24}"
+            f"{r['bytes_per_param']:>8.1f}{r['state_bytes_per_param']:>10.1f}"
+            f"{r['temp_bytes']:>10d}{r['fusions']:>8d}"
+        )
     for a, b in EXTRA_RATIOS:
         if a in rows and b in rows:
             print(f"  {a} / {b}: {rows[a]['median_ms'] / rows[b]['median_ms']:.2f}")
@@ -214,9 +254,12 @@ def plot(results, path):
     axes[0].barh(names, [rows[k]["median_ms"] for k in names], color="tab:blue")
     axes[0].set_xlabel(f"median step time (ms), N = {results['n']:.0e}, one leaf")
     axes[0].invert_yaxis()
-    for name in results["scaling"]["%d" % int(list(map(int, results["scaling"]))[0])]:
+    first_size = next(iter(results["scaling"]))
+    for name in results["scaling"][first_size]:
         xs = sorted(map(int, results["scaling"]))
-        axes[1].plot(xs, [results["scaling"][str(x)][name]["ns_per_param"] for x in xs], "o-", label=name)
+        axes[1].plot(
+            xs, [results["scaling"][str(x)][name]["ns_per_param"] for x in xs], "o-", label=name
+        )
     axes[1].set_xscale("log")
     axes[1].set_xlabel("parameters N")
     axes[1].set_ylabel("ns per parameter")
@@ -240,25 +283,38 @@ def main(argv=None):
         n, reps, sizes = 10**5, 3, [10**4, 10**5]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    machine = dict(platform=platform.platform(), processor=platform.processor() or platform.machine(),
-                   cpus=os.cpu_count(), device=str(jax.devices()[0].device_kind),
-                   jax=jax.__version__, optax=optax.__version__)
+    machine = dict(
+        platform=platform.platform(),
+        processor=platform.processor() or platform.machine(),
+        cpus=os.cpu_count(),
+        device=str(jax.devices()[0].device_kind),
+        jax=jax.__version__,
+        optax=optax.__version__,
+    )
     print(f"machine: {machine}")
     results = dict(n=n, reps=reps, machine=machine)
     results["one_leaf"] = time_variants(variants(), n, 1, reps)
     print_table(f"one leaf of {n:.0e} float32, donated, median of {reps}", results["one_leaf"])
     results["many_leaves"] = time_variants(variants(), n, 1000 if not args.quick else 100, reps)
-    print_table(f"{1000 if not args.quick else 100} leaves totalling {n:.0e}", results["many_leaves"])
+    print_table(
+        f"{1000 if not args.quick else 100} leaves totalling {n:.0e}", results["many_leaves"]
+    )
     results["scaling"] = scaling(sizes, reps)
     print("\nscaling (ns per parameter; constant means linear cost)")
     for size, rows in results["scaling"].items():
-        print(f"  N={int(size):>9d}  " + "  ".join(f"{k}: {v['ns_per_param']:.2f}" for k, v in rows.items()))
+        print(
+            f"  N={int(size):>9d}  "
+            + "  ".join(f"{k}: {v['ns_per_param']:.2f}" for k, v in rows.items())
+        )
     results["sharded"] = sharded_state_bytes(8 * (10**4 if args.quick else 10**6))
     print("\nstate bytes on 8 simulated devices, params sharded over 'model'")
     for k, v in results["sharded"].items():
-        print(f"  {k:<22} total {v['state_bytes_total']:>10d}  per device {v['state_bytes_per_device']:>9d}"
-              f"  total/per-device {v['shards']:.1f}"
-              f"  (plain jax.jit(tx.init): {v['shards_plain_jit_init']:.1f})")
+        print(
+            f"  {k:<22} total {v['state_bytes_total']:>10d}"
+            f"  per device {v['state_bytes_per_device']:>9d}"
+            f"  total/per-device {v['shards']:.1f}"
+            f"  (plain jax.jit(tx.init): {v['shards_plain_jit_init']:.1f})"
+        )
     (out / "step_time.json").write_text(json.dumps(results, indent=2))
     png = plot(results, out / "step_time.png")
     print(f"\nwrote {out / 'step_time.json'}" + (f" and {png}" if png else ""))

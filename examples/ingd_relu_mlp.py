@@ -17,6 +17,7 @@ Prints a table of train/test accuracy and saves a plot of the curves.
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from pathlib import Path
 
@@ -42,7 +43,8 @@ def load_digits(seed: int = 0):
 
 def init_mlp(key, sizes=(64, 128, 128, 10)):
     params = []
-    for k, (a, b) in zip(jax.random.split(key, len(sizes) - 1), zip(sizes[:-1], sizes[1:])):
+    keys = jax.random.split(key, len(sizes) - 1)
+    for k, (a, b) in zip(keys, itertools.pairwise(sizes), strict=True):
         params.append({"w": jax.random.normal(k, (a, b)) * jnp.sqrt(2.0 / a), "b": jnp.zeros(b)})
     return params
 
@@ -62,8 +64,9 @@ def accuracy(params, x, y):
 
 
 OPTIMIZERS = {
-    "stochastic_ingd": lambda: optclip.stochastic_ingd(p=1.0, q=10.0, beta=0.9, key=0,
-                                                       weight_decay=5e-4),
+    "stochastic_ingd": lambda: optclip.stochastic_ingd(
+        p=1.0, q=10.0, beta=0.9, key=0, weight_decay=5e-4
+    ),
     "sgd_momentum": lambda: optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.05, 0.9)),
     "adam": lambda: optax.chain(optax.add_decayed_weights(5e-4), optax.adam(1e-3)),
 }
@@ -106,10 +109,14 @@ def main(argv=None):
     args = ap.parse_args(argv)
     data = load_digits()
     start = time.perf_counter()
-    curves = {n: [train(n, data, args.epochs, args.batch, s) for s in range(args.seeds)]
-              for n in OPTIMIZERS}
-    print(f"ReLU MLP on digits ({len(data[0][0])} train / {len(data[1][0])} test), "
-          f"{args.epochs} epochs of batch {args.batch}, {args.seeds} seeds")
+    curves = {
+        n: [train(n, data, args.epochs, args.batch, s) for s in range(args.seeds)]
+        for n in OPTIMIZERS
+    }
+    print(
+        f"ReLU MLP on digits ({len(data[0][0])} train / {len(data[1][0])} test), "
+        f"{args.epochs} epochs of batch {args.batch}, {args.seeds} seeds"
+    )
     print(f"{'optimizer':<18}{'train acc':>16}{'test acc':>16}")
     for name, runs in curves.items():
         tr = np.array([r[-1][0] for r in runs])

@@ -41,10 +41,15 @@ def noise_samples(loss_fn, params, batches, key):
     norms = D.noise_norms(loss_fn, params, batches, full_grad=mean)
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(key, len(leaves))
-    u = jax.tree.unflatten(treedef, [jax.random.normal(k, p.shape) for k, p in zip(keys, leaves)])
+    u = jax.tree.unflatten(
+        treedef, [jax.random.normal(k, p.shape) for k, p in zip(keys, leaves, strict=True)]
+    )
     unorm = optax.tree.norm(u)
-    proj = jax.lax.map(lambda b: optax.tree.vdot(optax.tree.sub(grad(params, b), mean), u) / unorm,
-                       batches, batch_size=8)
+    proj = jax.lax.map(
+        lambda b: optax.tree.vdot(optax.tree.sub(grad(params, b), mean), u) / unorm,
+        batches,
+        batch_size=8,
+    )
     return np.asarray(norms), np.asarray(proj)
 
 
@@ -57,11 +62,14 @@ def _mean_grad(grad, params, batches, n):
 
 
 def transformer_case(num_batches, quick):
-    cfg = charlm.Config(d_model=32, heads=2, layers=1, seq=32, batch=8) if quick else \
-        charlm.Config(batch=8)
+    cfg = (
+        charlm.Config(d_model=32, heads=2, layers=1, seq=32, batch=8)
+        if quick
+        else charlm.Config(batch=8)
+    )
     task = charlm.Task.make(cfg, max_chars=200_000 if quick else 1_500_000)
     params = task.init_params(0)
-    loss = lambda p, starts: task.loss(p, task.train, starts)  # noqa: E731
+    loss = lambda p, starts: task.loss(p, task.train, starts)
     return loss, params, task.batch_starts(0, num_batches), task.num_params()
 
 
@@ -73,8 +81,10 @@ def mlp_case(num_batches):
     y = jnp.asarray(data.target, jnp.int32)
     keys = jax.random.split(jax.random.key(0), 3)
     sizes = (64, 128, 128, 10)
-    params = [{"w": jax.random.normal(k, (a, b)) * jnp.sqrt(2.0 / a), "b": jnp.zeros(b)}
-              for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
+    params = [
+        {"w": jax.random.normal(k, (a, b)) * jnp.sqrt(2.0 / a), "b": jnp.zeros(b)}
+        for k, a, b in zip(keys, sizes[:-1], sizes[1:], strict=True)
+    ]
 
     def loss(p, idx):
         h = x[idx]
@@ -89,28 +99,39 @@ def mlp_case(num_batches):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--batches", type=int, default=1024, help="minibatches per model (default 1024)")
+    ap.add_argument(
+        "--batches", type=int, default=1024, help="minibatches per model (default 1024)"
+    )
     ap.add_argument("--quick", action="store_true", help="small model, 256 batches")
     ap.add_argument("--out", default="out/examples")
     args = ap.parse_args(argv)
     n = 256 if args.quick else args.batches
     block = 16 if n % 16 == 0 else 2
     start = time.perf_counter()
-    cases = {"char transformer (text)": transformer_case(n, args.quick),
-             "MLP (digits)": mlp_case(n)}
+    cases = {
+        "char transformer (text)": transformer_case(n, args.quick),
+        "MLP (digits)": mlp_case(n),
+    }
     rows = {}
     for i, (name, (loss, params, batches, size)) in enumerate(cases.items()):
         norms, proj = noise_samples(loss, params, batches, jax.random.key(10 + i))
-        rows[name] = dict(params=size, hill=D.hill_tail_index(norms, max(1, n // 10)),
-                          stable=D.tail_index(proj, block), norms=norms)
+        rows[name] = dict(
+            params=size,
+            hill=D.hill_tail_index(norms, max(1, n // 10)),
+            stable=D.tail_index(proj, block),
+            norms=norms,
+        )
     print(f"gradient noise at initialisation, {n} minibatches of 8 each")
     print(f"{'model':<26}{'params':>9}{'Hill (norms)':>15}{'alpha-stable (proj)':>22}")
     for name, r in rows.items():
         print(f"{name:<26}{r['params']:>9d}{r['hill']:>15.2f}{r['stable']:>22.2f}")
     heavy = min(rows, key=lambda k: rows[k]["stable"])
     light = max(rows, key=lambda k: rows[k]["stable"])
-    print(f"Reading: the {heavy}'s noise has the heavier tail (alpha {rows[heavy]['stable']:.2f} "
-          f"vs {rows[light]['stable']:.2f}; 2 is Gaussian); the heavier it is, the more clipping helps.")
+    print(
+        f"Reading: the {heavy}'s noise has the heavier tail (alpha {rows[heavy]['stable']:.2f} "
+        f"vs {rows[light]['stable']:.2f}; 2 is Gaussian); "
+        "the heavier it is, the more clipping helps."
+    )
     print(f"({time.perf_counter() - start:.0f}s)")
     try:
         import matplotlib
@@ -120,7 +141,7 @@ def main(argv=None):
     except ImportError:
         return rows
     fig, axes = plt.subplots(1, len(rows), figsize=(11, 4))
-    for ax, (name, r) in zip(axes, rows.items()):
+    for ax, (name, r) in zip(axes, rows.items(), strict=True):
         D.plot_noise_histogram(r["norms"], dim=100, alpha=min(max(r["stable"], 0.5), 2.0), ax=ax)
         ax.set_title(f"{name}: alpha ~ {r['stable']:.2f}")
     fig.tight_layout()

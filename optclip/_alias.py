@@ -117,9 +117,7 @@ def acclip(
       [0.9800000190734863, 0.9800000190734863, 0.9800000190734863]
     """
     return _finish(
-        scale_by_acclip(
-            b1, b2, alpha, eps, initial_threshold, mu_dtype, rms_scale=rms_scale
-        ),
+        scale_by_acclip(b1, b2, alpha, eps, initial_threshold, mu_dtype, rms_scale=rms_scale),
         learning_rate,
         weight_decay,
         mask,

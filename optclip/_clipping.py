@@ -234,9 +234,7 @@ def _map_threshold(fn, updates, tau):
 
 
 def _unzip(tree_of_pairs: Any, like: Any) -> tuple[Any, Any]:
-    return jax.tree.transpose(
-        jax.tree.structure(like), jax.tree.structure((0, 0)), tree_of_pairs
-    )
+    return jax.tree.transpose(jax.tree.structure(like), jax.tree.structure((0, 0)), tree_of_pairs)
 
 
 def clip_coordinatewise(
@@ -315,9 +313,7 @@ class AlphaMomentThresholdState(NamedTuple):
     tau: optax.Updates
 
 
-def alpha_moment_update(
-    tau: jax.Array, g: jax.Array, decay: Any, alpha: Any
-) -> jax.Array:
+def alpha_moment_update(tau: jax.Array, g: jax.Array, decay: Any, alpha: Any) -> jax.Array:
     r"""One step of ``tau^alpha = decay * tau^alpha + (1 - decay) |g|^alpha``, overflow-safe."""
     g32 = jnp.abs(g.astype(jnp.promote_types(g.dtype, jnp.float32)))
     return power_mean(tau.astype(g32.dtype), g32, decay, alpha)
@@ -492,9 +488,7 @@ def scale_by_acclip(
         )
         rms = None
         if rms_scale:
-            rms = jax.tree.map(
-                lambda r, g: alpha_moment_update(r, g, b2, 2.0), state.rms, updates
-            )
+            rms = jax.tree.map(lambda r, g: alpha_moment_update(r, g, b2, 2.0), state.rms, updates)
             direction = jax.tree.map(lambda u, r: u / (r + eps), direction, rms)
         out = jax.tree.map(lambda u, g: u.astype(g.dtype), direction, updates)
         return out, ScaleByACClipState(
@@ -506,8 +500,6 @@ def scale_by_acclip(
         )
 
     return optax.GradientTransformation(init_fn, update_fn)
-
-
 
 
 def clip_fraction(opt_state: Any) -> jax.Array:
@@ -534,5 +526,6 @@ def clip_fraction(opt_state: Any) -> jax.Array:
         if isinstance(leaf, kinds):
             return leaf.clip_fraction
     raise ValueError(
-        "`opt_state` holds no ACClip or coordinate-wise clipping state to read a clip fraction from."
+        "`opt_state` holds no ACClip or coordinate-wise clipping state "
+        "to read a clip fraction from."
     )

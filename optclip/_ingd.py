@@ -276,14 +276,19 @@ class IngdResult(NamedTuple):
     status: jax.Array
 
 
-def ingd_oracle_bound(delta: float, epsilon: float, lipschitz: float, gap: float,
-                      failure_probability: float = 0.1) -> float:
-    r"""Theorem 5.4.1's bound on oracle calls: ``192 Delta L^2 / (eps^3 delta) log(4 Delta / (gamma delta eps))``."""
-    for name, v in (("delta", delta), ("epsilon", epsilon), ("lipschitz", lipschitz),
-                    ("gap", gap)):
+def ingd_oracle_bound(
+    delta: float, epsilon: float, lipschitz: float, gap: float, failure_probability: float = 0.1
+) -> float:
+    r"""Theorem 5.4.1's bound on the oracle calls of :func:`ingd`.
+
+    ``192 Delta L^2 / (eps^3 delta) log(4 Delta / (gamma delta eps))`` with ``Delta``
+    the gap ``f(x0) - inf f`` and ``gamma`` the failure probability.
+    """
+    for name, v in (("delta", delta), ("epsilon", epsilon), ("lipschitz", lipschitz), ("gap", gap)):
         _checks.check_positive(name, v)
-    _checks.check_range("failure_probability", failure_probability, 0.0, 1.0,
-                        lo_open=True, hi_open=True)
+    _checks.check_range(
+        "failure_probability", failure_probability, 0.0, 1.0, lo_open=True, hi_open=True
+    )
     inner = 4 * gap / (failure_probability * delta * epsilon)
     return 192 * gap * lipschitz**2 / (epsilon**3 * delta) * max(math.log(inner), 1.0)
 
@@ -299,7 +304,7 @@ def ingd(
     key: Any = 0,
     inner_steps: int | None = None,
 ) -> IngdResult:
-    r"""Deterministic INGD (Zhang's thesis, Algorithm 2): a (delta, epsilon)-stationary point of ``f``.
+    r"""Deterministic INGD (thesis, Algorithm 2): a (delta, epsilon)-stationary point of ``f``.
 
     From the anchor ``x_t`` with direction ``m`` (first the gradient at
     ``x_t``), the trial point is ``x_t - delta m/||m||``. If ``||m|| <= epsilon``
@@ -381,21 +386,51 @@ def ingd(
         restart = c.k + 1 >= k_max
 
         def accept(_):
-            return Carry(xk, fk, grad(xk), jnp.int32(0), c.calls_f + 1, c.calls_g + 1,
-                         c.anchors + 1, c.searches, jnp.bool_(False), c.draws)
+            return Carry(
+                xk,
+                fk,
+                grad(xk),
+                jnp.int32(0),
+                c.calls_f + 1,
+                c.calls_g + 1,
+                c.anchors + 1,
+                c.searches,
+                jnp.bool_(False),
+                c.draws,
+            )
 
         def search(_):
             y = jax.tree.map(lambda a, b: a + u * (b - a), c.x, xk)
             g = grad(y)
             beta = jnp.clip((four_l2 - m_norm**2) / (four_l2 + 2 * m_norm**2), 0.0, 1.0)
             m = jax.tree.map(lambda a, b: beta * a + (1 - beta) * b, c.m, g)
-            return Carry(c.x, c.fx, m, c.k + 1, c.calls_f + 1, c.calls_g + 1, c.anchors,
-                         c.searches + 1, jnp.bool_(False), c.draws + 1)
+            return Carry(
+                c.x,
+                c.fx,
+                m,
+                c.k + 1,
+                c.calls_f + 1,
+                c.calls_g + 1,
+                c.anchors,
+                c.searches + 1,
+                jnp.bool_(False),
+                c.draws + 1,
+            )
 
         def restart_search(_):
             # K steps without descent: a new local search at the same anchor.
-            return Carry(c.x, c.fx, grad(c.x), jnp.int32(0), c.calls_f + 1, c.calls_g + 1,
-                         c.anchors, c.searches + 1, jnp.bool_(False), c.draws)
+            return Carry(
+                c.x,
+                c.fx,
+                grad(c.x),
+                jnp.int32(0),
+                c.calls_f + 1,
+                c.calls_g + 1,
+                c.anchors,
+                c.searches + 1,
+                jnp.bool_(False),
+                c.draws,
+            )
 
         branch = jnp.where(descent, 0, jnp.where(restart, 2, 1))
         nxt = jax.lax.switch(branch, [accept, search, restart_search], None)
@@ -406,14 +441,32 @@ def ingd(
         return (~c.done) & (c.calls_f + c.calls_g < max_oracle_calls)
 
     m0 = grad(x0)
-    start = Carry(x0, f(x0), m0, jnp.int32(0), jnp.int32(1), jnp.int32(1), jnp.int32(0),
-                  jnp.int32(0), global_norm(m0) <= epsilon, jnp.int32(0))
+    start = Carry(
+        x0,
+        f(x0),
+        m0,
+        jnp.int32(0),
+        jnp.int32(1),
+        jnp.int32(1),
+        jnp.int32(0),
+        jnp.int32(0),
+        global_norm(m0) <= epsilon,
+        jnp.int32(0),
+    )
     end = jax.lax.while_loop(cond, body, start)
     m_norm = global_norm(end.m)
     stationary = m_norm <= epsilon
     return IngdResult(
-        x=end.x, m=end.m, m_norm=m_norm, stationary=stationary, value=end.fx,
-        num_value_calls=end.calls_f, num_grad_calls=end.calls_g, num_anchors=end.anchors,
+        x=end.x,
+        m=end.m,
+        m_norm=m_norm,
+        stationary=stationary,
+        value=end.fx,
+        num_value_calls=end.calls_f,
+        num_grad_calls=end.calls_g,
+        num_anchors=end.anchors,
         num_searches=end.searches,
-        status=jnp.where(stationary, IngdStatus.CERTIFIED, IngdStatus.BUDGET_EXHAUSTED).astype(jnp.int32),
+        status=jnp.where(stationary, IngdStatus.CERTIFIED, IngdStatus.BUDGET_EXHAUSTED).astype(
+            jnp.int32
+        ),
     )

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optclip import _checks
-from optclip._clipping import Threshold, _value, _state_dtype, ema_update
+from optclip._clipping import Threshold, _state_dtype, _value, ema_update
 from optclip._numerics import clip_factor, global_norm, safe_divide
 
 

@@ -118,9 +118,7 @@ def is_number(x: Any) -> bool:
     """True for a Python or NumPy real scalar (not bool): a value we can check."""
     if isinstance(x, bool | np.bool_):
         return False
-    return isinstance(x, numbers.Real | np.generic) or (
-        isinstance(x, np.ndarray) and x.ndim == 0
-    )
+    return isinstance(x, numbers.Real | np.generic) or (isinstance(x, np.ndarray) and x.ndim == 0)
 
 
 def tree_size(tree: Any) -> int:

@@ -129,8 +129,9 @@ class Task:
         return jnp.linspace(0, hi, batches * self.cfg.batch).astype(jnp.int32).reshape(batches, -1)
 
 
-def train_seeds(task: Task, tx: optax.GradientTransformation, seeds, steps: int,
-                grad_hook=None, track=None):
+def train_seeds(
+    task: Task, tx: optax.GradientTransformation, seeds, steps: int, grad_hook=None, track=None
+):
     """Trains one model per seed (vmapped); returns (val_loss[seeds], train_loss[seeds, steps],
     tracked[seeds, steps]) where ``tracked`` is ``track(opt_state)`` each step (NaN if None).
 

@@ -86,16 +86,27 @@ def run(names, steps, dim, batch, tune_seeds, eval_seeds, df=1.5, progress=True)
         scores = {lr: float(np.mean(final_errors(make(lr), tune))) for lr in grid}
         best = min(scores, key=scores.get)
         errs = final_errors(make(best), held)
-        rows.append(dict(name=name, lr=best, mean=float(np.mean(errs)), std=float(np.std(errs)),
-                         worst=float(np.max(errs))))
+        rows.append(
+            dict(
+                name=name,
+                lr=best,
+                mean=float(np.mean(errs)),
+                std=float(np.std(errs)),
+                worst=float(np.max(errs)),
+            )
+        )
     return rows
 
 
 def format_table(rows) -> str:
-    lines = [f"{'optimizer':<21}{'best lr':>9}{'excess risk (mean ± std)':>28}{'worst seed':>13}",
-             "-" * 71]
+    lines = [
+        f"{'optimizer':<21}{'best lr':>9}{'excess risk (mean ± std)':>28}{'worst seed':>13}",
+        "-" * 71,
+    ]
     for r in sorted(rows, key=lambda r: r["mean"]):
-        lines.append(f"{r['name']:<21}{r['lr']:>9g}{r['mean']:>17.4g} ± {r['std']:<8.3g}{r['worst']:>13.4g}")
+        lines.append(
+            f"{r['name']:<21}{r['lr']:>9g}{r['mean']:>17.4g} ± {r['std']:<8.3g}{r['worst']:>13.4g}"
+        )
     return "\n".join(lines)
 
 
@@ -107,19 +118,26 @@ def reading(rows) -> str:
     sgd = by["sgd"]["mean"]
     ratio = sgd / best["mean"] if best["mean"] > 0 else float("inf")
     beaten = [r["name"] for r in rows if r["mean"] < sgd and r["name"] != "sgd"]
-    return (f"Reading: under infinite-variance noise {best['name']} reaches {ratio:.1f}x lower "
-            f"excess risk than SGD at its best step; {len(beaten)} of {len(rows) - 1} other "
-            f"optimizers beat SGD.")
+    return (
+        f"Reading: under infinite-variance noise {best['name']} reaches {ratio:.1f}x lower "
+        f"excess risk than SGD at its best step; {len(beaten)} of {len(rows) - 1} other "
+        f"optimizers beat SGD."
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m optclip.demo", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m optclip.demo", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--steps", type=int, default=1000, help="training steps (default 1000)")
     parser.add_argument("--dim", type=int, default=50, help="number of features (default 50)")
     parser.add_argument("--batch", type=int, default=8, help="minibatch size (default 8)")
     parser.add_argument("--seeds", type=int, default=8, help="held-out seeds (default 8)")
-    parser.add_argument("--optimizers", default=",".join(OPTIMIZERS),
-                        help="comma-separated subset of: " + ", ".join(OPTIMIZERS))
+    parser.add_argument(
+        "--optimizers",
+        default=",".join(OPTIMIZERS),
+        help="comma-separated subset of: " + ", ".join(OPTIMIZERS),
+    )
     parser.add_argument("--quick", action="store_true", help="a few-second run for smoke tests")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
@@ -133,10 +151,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         args.steps, args.seeds = min(args.steps, 200), min(args.seeds, 3)
     start = time.perf_counter()
-    rows = run(names, args.steps, args.dim, args.batch, tune_seeds=range(100, 104),
-               eval_seeds=range(args.seeds), progress=not args.no_progress)
-    print(f"Linear regression, {args.dim} features, batch {args.batch}, {args.steps} steps, "
-          f"Student-t(1.5) label noise; lr tuned on 4 seeds, reported on {args.seeds} others.")
+    rows = run(
+        names,
+        args.steps,
+        args.dim,
+        args.batch,
+        tune_seeds=range(100, 104),
+        eval_seeds=range(args.seeds),
+        progress=not args.no_progress,
+    )
+    print(
+        f"Linear regression, {args.dim} features, batch {args.batch}, {args.steps} steps, "
+        f"Student-t(1.5) label noise; lr tuned on 4 seeds, reported on {args.seeds} others."
+    )
     print(format_table(rows))
     print(reading(rows))
     print(f"({time.perf_counter() - start:.1f}s on {jax.devices()[0].platform})")

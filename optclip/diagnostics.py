@@ -12,6 +12,7 @@ References: [000] Zhang et al. 2020 (§2, App. H); [003] Crawshaw et al. 2022
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -25,22 +26,22 @@ from optclip._clipping import ClipByGlobalNormState, clip_fraction
 from optclip._numerics import global_norm
 
 __all__ = [
-    "noise_norms",
-    "variance_by_sample_size",
-    "tail_index",
-    "hill_tail_index",
-    "symmetric_alpha_stable",
-    "local_smoothness",
+    "MonitorState",
+    "TrainingStats",
     "coordinate_smoothness",
     "fit_l0_l1",
-    "sharpness",
-    "training_stats",
-    "TrainingStats",
-    "window_average",
+    "hill_tail_index",
+    "local_smoothness",
     "monitor",
-    "MonitorState",
+    "noise_norms",
     "plot_noise_histogram",
     "plot_smoothness",
+    "sharpness",
+    "symmetric_alpha_stable",
+    "tail_index",
+    "training_stats",
+    "variance_by_sample_size",
+    "window_average",
 ]
 
 LossFn = Callable[[Any, Any], jax.Array]
@@ -82,8 +83,9 @@ def _mean_grad(loss_fn, params, batches, n, chunk_size):
     return jax.tree.map(lambda t: t / n, total)
 
 
-def noise_norms(loss_fn: LossFn, params: Any, batches: Any, full_grad: Any = None,
-                chunk_size: int = 8) -> jax.Array:
+def noise_norms(
+    loss_fn: LossFn, params: Any, batches: Any, full_grad: Any = None, chunk_size: int = 8
+) -> jax.Array:
     r"""Per-minibatch gradient-noise norms ``||g_b - grad f||`` ([000] §2, Fig. 2).
 
     ``grad f`` is the mean of the minibatch gradients unless ``full_grad`` is
@@ -103,8 +105,9 @@ def noise_norms(loss_fn: LossFn, params: Any, batches: Any, full_grad: Any = Non
     batches, n = _stack(batches)
     if full_grad is None:
         full_grad = _mean_grad(loss_fn, params, batches, n, chunk_size)
-    return _grads_map(loss_fn, params, batches,
-                      lambda g: global_norm(optax.tree.sub(g, full_grad)), chunk_size)
+    return _grads_map(
+        loss_fn, params, batches, lambda g: global_norm(optax.tree.sub(g, full_grad)), chunk_size
+    )
 
 
 def variance_by_sample_size(loss_fn: LossFn, params: Any, batches: Any) -> jax.Array:
@@ -115,7 +118,7 @@ def variance_by_sample_size(loss_fn: LossFn, params: Any, batches: Any) -> jax.A
     pass with Welford's update; entry ``n - 1`` is the variance of the first
     ``n`` minibatch gradients (0 for ``n = 1``).
     """
-    batches, n = _stack(batches)
+    batches, _ = _stack(batches)
     grad = jax.grad(loss_fn)
     zeros = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
 
@@ -171,7 +174,8 @@ def tail_index(samples: Any, block_size: int) -> float:
     n = x.shape[0]
     if not isinstance(block_size, int | np.integer) or block_size < 2 or n % block_size:
         raise ValueError(
-            f"`block_size` must be an integer >= 2 dividing the sample count {n}, got {block_size!r}."
+            f"`block_size` must be an integer >= 2 dividing the sample count {n}, "
+            f"got {block_size!r}."
         )
     mag = np.abs(x) if x.ndim == 1 else np.linalg.norm(x, axis=1)
     blocks = x.reshape(n // block_size, block_size, *x.shape[1:]).sum(axis=1)
@@ -222,8 +226,11 @@ def symmetric_alpha_stable(key: Any, alpha: float, shape: Sequence[int]) -> jax.
     w = jax.random.exponential(kw, shape)
     if alpha == 1.0:
         return jnp.tan(v)
-    return (jnp.sin(alpha * v) / jnp.cos(v) ** (1 / alpha)
-            * (jnp.cos((1 - alpha) * v) / w) ** ((1 - alpha) / alpha))
+    return (
+        jnp.sin(alpha * v)
+        / jnp.cos(v) ** (1 / alpha)
+        * (jnp.cos((1 - alpha) * v) / w) ** ((1 - alpha) / alpha)
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -231,12 +238,19 @@ def symmetric_alpha_stable(key: Any, alpha: float, shape: Sequence[int]) -> jax.
 # ---------------------------------------------------------------------------
 
 
-def local_smoothness(grad_fn: Callable[[Any], Any], x: Any, x_next: Any,
-                     gammas: Sequence[float] = tuple(np.arange(1, 11) / 10)) -> jax.Array:
+def local_smoothness(
+    grad_fn: Callable[[Any], Any],
+    x: Any,
+    x_next: Any,
+    gammas: Sequence[float] = tuple(np.arange(1, 11) / 10),
+) -> jax.Array:
     r"""Local smoothness along a step ([004] App. H.3, eq. 20).
 
-    .. math:: \hat L(x) = \max_{\gamma} \frac{\|\nabla f(x + \gamma d) - \nabla f(x)\|}{\|\gamma d\|},
-              \qquad d = x_{next} - x
+    .. math::
+
+        \hat L(x) = \max_{\gamma}
+            \frac{\|\nabla f(x + \gamma d) - \nabla f(x)\|}{\|\gamma d\|},
+        \qquad d = x_{next} - x
 
     over ``gammas`` (``{delta, 2 delta, ..., 1}`` with ``delta = 0.1`` by
     default; [003] §5.2 uses ``{1/6, ..., 5/6}``). Plot it against
@@ -255,8 +269,9 @@ def local_smoothness(grad_fn: Callable[[Any], Any], x: Any, x_next: Any,
     return jnp.max(jnp.stack([ratio(g) for g in gammas]))
 
 
-def coordinate_smoothness(grad_fn: Callable[[Any], Any], x: Any, x_next: Any
-                          ) -> tuple[jax.Array, jax.Array]:
+def coordinate_smoothness(
+    grad_fn: Callable[[Any], Any], x: Any, x_next: Any
+) -> tuple[jax.Array, jax.Array]:
     r"""Coordinate-wise smoothness of [003] §5.2 for every coordinate that moved.
 
     Returns ``(smoothness, grad_magnitude)``, flat arrays over the coordinates
@@ -291,8 +306,10 @@ def fit_l0_l1(grad_norms: Any, smoothness: Any) -> tuple[float, float, float]:
     g = _as_samples(grad_norms, "grad_norms")
     s = _as_samples(smoothness, "smoothness")
     if g.shape != s.shape or g.ndim != 1:
-        raise ValueError(f"`grad_norms` and `smoothness` must be 1-D of equal length, got "
-                         f"{g.shape} and {s.shape}.")
+        raise ValueError(
+            f"`grad_norms` and `smoothness` must be 1-D of equal length, got "
+            f"{g.shape} and {s.shape}."
+        )
     gbar = float(np.mean(g))
     tol = 1e-9 * max(1.0, float(np.max(np.abs(s))))
     cands = [(float(np.max(s)), 0.0)]
@@ -300,7 +317,7 @@ def fit_l0_l1(grad_norms: Any, smoothness: Any) -> tuple[float, float, float]:
         pos = g > 0
         cands.append((0.0, float(np.max(s[pos] / g[pos])) if np.all(s[~pos] <= tol) else np.inf))
     hull = _upper_hull(g, s)
-    for (x1, y1), (x2, y2) in zip(hull[:-1], hull[1:], strict=True):
+    for (x1, y1), (x2, y2) in itertools.pairwise(hull):
         if x2 > x1:
             slope = (y2 - y1) / (x2 - x1)
             cands.append((y1 - slope * x1, slope))
@@ -309,7 +326,9 @@ def fit_l0_l1(grad_norms: Any, smoothness: Any) -> tuple[float, float, float]:
         if not (np.isfinite(l0) and np.isfinite(l1)) or l0 < -tol or l1 < -tol:
             continue
         l0, l1 = max(l0, 0.0), max(l1, 0.0)
-        if np.all(s <= l0 + l1 * g + tol) and (best is None or l0 + l1 * gbar < best[0] + best[1] * gbar):
+        if np.all(s <= l0 + l1 * g + tol) and (
+            best is None or l0 + l1 * gbar < best[0] + best[1] * gbar
+        ):
             best = (l0, l1)
     l0, l1 = best
     frac = float(np.mean(s <= l0 + l1 * g + tol))
@@ -330,8 +349,14 @@ def _upper_hull(x: np.ndarray, y: np.ndarray) -> list[tuple[float, float]]:
     return hull
 
 
-def sharpness(loss_fn: LossFn, params: Any, batch: Any, num_iters: int = 100,
-              key: Any = None, tol: float = 1e-4) -> tuple[jax.Array, jax.Array]:
+def sharpness(
+    loss_fn: LossFn,
+    params: Any,
+    batch: Any,
+    num_iters: int = 100,
+    key: Any = None,
+    tol: float = 1e-4,
+) -> tuple[jax.Array, jax.Array]:
     r"""Top Hessian eigenvalue (largest in magnitude) by power iteration on Hessian-vector products.
 
     ``H v`` is ``jax.jvp`` of ``jax.grad`` (no Hessian is formed). Iterates
@@ -351,8 +376,13 @@ def sharpness(loss_fn: LossFn, params: Any, batch: Any, num_iters: int = 100,
 
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(key, len(leaves))
-    v = jax.tree.unflatten(treedef, [jax.random.normal(k, jnp.shape(p), jnp.float32)
-                                     for k, p in zip(keys, leaves, strict=True)])
+    v = jax.tree.unflatten(
+        treedef,
+        [
+            jax.random.normal(k, jnp.shape(p), jnp.float32)
+            for k, p in zip(keys, leaves, strict=True)
+        ],
+    )
     v = jax.tree.map(lambda a: a / global_norm(v), v)
 
     def cond(c):
@@ -367,7 +397,9 @@ def sharpness(loss_fn: LossFn, params: Any, batch: Any, num_iters: int = 100,
         v = jax.tree.map(lambda a: a / jnp.where(n > 0, n, 1.0), hv)
         return i + 1, v, new_lam, lam
 
-    i, _, lam, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), v, jnp.float32(0), jnp.float32(jnp.inf)))
+    i, _, lam, _ = jax.lax.while_loop(
+        cond, body, (jnp.int32(0), v, jnp.float32(0), jnp.float32(jnp.inf))
+    )
     return lam, i
 
 
@@ -380,8 +412,14 @@ class TrainingStats(NamedTuple):
     sharpness: jax.Array
 
 
-def training_stats(loss_fn: LossFn, params: Any, batches: Any, sharpness_iters: int = 50,
-                   key: Any = None, chunk_size: int = 8) -> TrainingStats:
+def training_stats(
+    loss_fn: LossFn,
+    params: Any,
+    batches: Any,
+    sharpness_iters: int = 50,
+    key: Any = None,
+    chunk_size: int = 8,
+) -> TrainingStats:
     r"""Full loss, full-gradient norm, noise and sharpness in one call (thesis eq. 6.2).
 
     Over the given batches (the dataset ``S``): ``L_S`` the mean loss,
@@ -398,8 +436,9 @@ def training_stats(loss_fn: LossFn, params: Any, batches: Any, sharpness_iters: 
         return jnp.mean(jax.lax.map(lambda b: loss_fn(p, b), bs))
 
     sharp, _ = sharpness(mean_loss, params, batches, num_iters=sharpness_iters, key=key)
-    return TrainingStats(loss=loss, grad_norm=global_norm(full),
-                         noise=jnp.sqrt(jnp.mean(norms**2)), sharpness=sharp)
+    return TrainingStats(
+        loss=loss, grad_norm=global_norm(full), noise=jnp.sqrt(jnp.mean(norms**2)), sharpness=sharp
+    )
 
 
 def window_average(values: Any, window: int) -> np.ndarray:
@@ -474,13 +513,15 @@ def monitor(inner: optax.GradientTransformation | None = None) -> optax.Gradient
 
     def init_fn(params):
         nan = jnp.float32(jnp.nan)
-        return MonitorState(inner.init(params), jnp.zeros([], jnp.int32), nan, nan,
-                            jnp.float32(0.0), nan, nan)
+        return MonitorState(
+            inner.init(params), jnp.zeros([], jnp.int32), nan, nan, jnp.float32(0.0), nan, nan
+        )
 
     def update_fn(updates, state, params=None, **extra):
         gnorm = global_norm(updates)
         out, inner_state = optax.with_extra_args_support(inner).update(
-            updates, state.inner, params, **extra)
+            updates, state.inner, params, **extra
+        )
         return out, MonitorState(
             inner=inner_state,
             count=optax.safe_increment(state.count),
@@ -507,8 +548,14 @@ def _pyplot():
     return plt
 
 
-def plot_noise_histogram(norms: Any, dim: int | None = None, alpha: float | None = None,
-                         ax: Any = None, bins: int = 60, seed: int = 0):
+def plot_noise_histogram(
+    norms: Any,
+    dim: int | None = None,
+    alpha: float | None = None,
+    ax: Any = None,
+    bins: int = 60,
+    seed: int = 0,
+):
     """Histogram of noise norms with a Gaussian-sum and an alpha-stable reference ([000] Fig. 2).
 
     The references are norms of ``dim``-dimensional Gaussian and symmetric
@@ -524,7 +571,10 @@ def plot_noise_histogram(norms: Any, dim: int | None = None, alpha: float | None
     gauss = np.linalg.norm(np.asarray(jax.random.normal(key, (n, dim))), axis=1)
     stable = np.linalg.norm(np.asarray(symmetric_alpha_stable(key, alpha or 1.5, (n, dim))), axis=1)
     med = np.median(x)
-    for ref, label in ((gauss, "Gaussian reference"), (stable, f"alpha-stable ({alpha or 1.5:.2f})")):
+    for ref, label in (
+        (gauss, "Gaussian reference"),
+        (stable, f"alpha-stable ({alpha or 1.5:.2f})"),
+    ):
         ax.hist(ref * med / np.median(ref), bins=bins, density=True, histtype="step", label=label)
     ax.hist(x, bins=bins, density=True, alpha=0.6, label="measured")
     ax.set_xlabel("||g_batch - grad f||")

@@ -23,8 +23,16 @@ def _lr_wd(delta, params, lr, wd):
     return {k: -lr * (delta[k] + wd * params[k]) for k in delta}
 
 
-def acclip(lr, b1=0.9, b2=0.99, alpha=1.0, eps=1e-5, initial_threshold=None, weight_decay=0.0,
-           rms_scale=False):
+def acclip(
+    lr,
+    b1=0.9,
+    b2=0.99,
+    alpha=1.0,
+    eps=1e-5,
+    initial_threshold=None,
+    weight_decay=0.0,
+    rms_scale=False,
+):
     # Zhang et al. 2020, eq. (ACClip), with Algorithm 1's momentum.
     def init(params):
         t0 = 0.0 if initial_threshold is None else initial_threshold
@@ -38,10 +46,10 @@ def acclip(lr, b1=0.9, b2=0.99, alpha=1.0, eps=1e-5, initial_threshold=None, wei
             gk = np.asarray(gk, np.float64)
             m[key] = b1 * s["m"][key] + (1 - b1) * gk
             prev = np.abs(gk) if (initial_threshold is None and s["k"] == 0) else s["tau"][key]
-            tau[key] = (b2 * prev ** alpha + (1 - b2) * np.abs(gk) ** alpha) ** (1 / alpha)
+            tau[key] = (b2 * prev**alpha + (1 - b2) * np.abs(gk) ** alpha) ** (1 / alpha)
             d = np.minimum(tau[key] / (np.abs(m[key]) + eps), 1.0) * m[key]
             if rms_scale:
-                v[key] = b2 * s["v"][key] + (1 - b2) * gk ** 2
+                v[key] = b2 * s["v"][key] + (1 - b2) * gk**2
                 d = d / (np.sqrt(v[key]) + eps)
             delta[key] = d
         return _lr_wd(delta, params, lr, weight_decay), dict(m=m, tau=tau, v=v, k=s["k"] + 1)

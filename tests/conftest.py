@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
+# Eight simulated CPU devices for the sharding tests; must be set before jax starts.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    ).strip()
+
 import dataclasses
 from collections.abc import Callable
 from typing import Any
@@ -33,16 +41,38 @@ class Case:
 
 CASES = [
     Case("acclip", optclip.acclip, dict(learning_rate=0.1), "b2"),
-    Case("acclip_alpha2", optclip.acclip, dict(learning_rate=0.1, alpha=2.0, initial_threshold=1.0), "alpha"),
-    Case("acclip_rms", optclip.acclip, dict(learning_rate=0.01, rms_scale=True, initial_threshold=0.0), "b1", False),
+    Case(
+        "acclip_alpha2",
+        optclip.acclip,
+        dict(learning_rate=0.1, alpha=2.0, initial_threshold=1.0),
+        "alpha",
+    ),
+    Case(
+        "acclip_rms",
+        optclip.acclip,
+        dict(learning_rate=0.01, rms_scale=True, initial_threshold=0.0),
+        "b1",
+        False,
+    ),
     Case("acclip_wd", optclip.acclip, dict(learning_rate=0.1, weight_decay=1e-2, alpha=1.5), "eps"),
     Case("gclip", optclip.gclip, dict(learning_rate=0.1, threshold=1.0), "threshold"),
     Case("gclip_momentum", optclip.gclip, dict(learning_rate=0.1, threshold=1.0, b1=0.9), "b1"),
     Case("cclip", optclip.cclip, dict(learning_rate=0.1, threshold=0.5, b1=0.9), "threshold"),
     Case("clipped_gd", optclip.clipped_gd, dict(learning_rate=0.1, gamma=1.0), "gamma"),
     Case("normalized_gd", optclip.normalized_gd, dict(learning_rate=0.1, beta=1.0), "beta", False),
-    Case("normalized_momentum_sgd", optclip.normalized_momentum_sgd, dict(learning_rate=0.1), "b1", False),
-    Case("clip_momentum_sgd", optclip.clip_momentum_sgd, dict(learning_rate=0.1, gamma=0.2, nu=0.7), "nu"),
+    Case(
+        "normalized_momentum_sgd",
+        optclip.normalized_momentum_sgd,
+        dict(learning_rate=0.1),
+        "b1",
+        False,
+    ),
+    Case(
+        "clip_momentum_sgd",
+        optclip.clip_momentum_sgd,
+        dict(learning_rate=0.1, gamma=0.2, nu=0.7),
+        "nu",
+    ),
     Case("generalized_signsgd", optclip.generalized_signsgd, dict(learning_rate=0.01), "b2", False),
     Case("signum", optclip.generalized_signsgd, dict(learning_rate=0.01, b2=0.0), "b1", False),
 ]
@@ -56,8 +86,14 @@ def case(request) -> Case:
 SHAPES = {"w": (4, 3), "b": (3,), "s": ()}
 
 
-def heavy_tailed_grads(steps: int = 32, seed: int = 0, df: float = 1.5, spike_at: int = 7,
-                       zero_at: int = 3, spike: float = 1e6) -> list[dict[str, np.ndarray]]:
+def heavy_tailed_grads(
+    steps: int = 32,
+    seed: int = 0,
+    df: float = 1.5,
+    spike_at: int = 7,
+    zero_at: int = 3,
+    spike: float = 1e6,
+) -> list[dict[str, np.ndarray]]:
     """Student-t (df 1.5, infinite variance) gradients on a multi-leaf tree.
 
     One step is all zeros and one step is a ``spike``-times copy of its neighbour.

@@ -51,7 +51,10 @@ def test_matches_numpy_reference(case):
         for k in p_ref:
             scale = max(1.0, float(np.max(np.abs(p_ref[k]))))
             np.testing.assert_allclose(
-                np.asarray(params[k]), p_ref[k], rtol=2e-4, atol=2e-5 * scale,
+                np.asarray(params[k]),
+                p_ref[k],
+                rtol=2e-4,
+                atol=2e-5 * scale,
                 err_msg=f"{case.name}: leaf {k} diverged from the reference at step {t}",
             )
 
@@ -65,8 +68,9 @@ def test_acclip_threshold_state_is_the_alpha_moment_ema():
     tau_pow = {k: np.full(np.shape(v), tau0) ** alpha for k, v in grads[0].items()}
     for g in grads:
         _, state = tx.update(jax.tree.map(jnp.asarray, g), state)
-        tau_pow = {k: b2 * tau_pow[k] + (1 - b2) * np.abs(g[k].astype(np.float64)) ** alpha
-                   for k in g}
+        tau_pow = {
+            k: b2 * tau_pow[k] + (1 - b2) * np.abs(g[k].astype(np.float64)) ** alpha for k in g
+        }
     for k in tau_pow:
         np.testing.assert_allclose(state.tau[k], tau_pow[k] ** (1 / alpha), rtol=1e-5)
 
@@ -104,8 +108,9 @@ def test_cclip_per_leaf_and_per_element_thresholds():
     params = {"a": jnp.zeros(3), "b": jnp.zeros(2)}
     thr = {"a": 0.5, "b": jnp.array([1.0, 3.0])}
     tx = optclip.clip_coordinatewise(thr)
-    u, state = tx.update({"a": jnp.array([1.0, -0.2, -2.0]), "b": jnp.array([-2.0, 2.0])},
-                         tx.init(params))
+    u, state = tx.update(
+        {"a": jnp.array([1.0, -0.2, -2.0]), "b": jnp.array([-2.0, 2.0])}, tx.init(params)
+    )
     np.testing.assert_allclose(u["a"], [0.5, -0.2, -0.5])
     np.testing.assert_allclose(u["b"], [-1.0, 2.0])
     assert float(state.clip_fraction) == pytest.approx(3 / 5)
@@ -114,7 +119,7 @@ def test_cclip_per_leaf_and_per_element_thresholds():
 def test_clip_momentum_sgd_with_learning_rate_schedule():
     # Threshold gamma / eta_t must follow the schedule: with eta_t = 0.1 / (t + 1)
     # and gamma = 0.05, the step is min(eta_t, gamma/||g||) g.
-    sched = lambda c: 0.1 / (c + 1.0)  # noqa: E731
+    sched = lambda c: 0.1 / (c + 1.0)
     tx = optclip.clip_momentum_sgd(sched, gamma=0.05, b1=0.0, nu=1.0)
     g = {"w": jnp.array([3.0, 4.0])}
     state = tx.init(g)

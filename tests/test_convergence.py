@@ -65,5 +65,7 @@ def test_reduces_heavy_tailed_quadratic_where_sgd_does_not(name):
     make, lr = METHODS[name]
     err = mean_final_error(make(lr))
     sgd = _sgd_error(lr)
-    assert err < INITIAL_ERROR / 4, f"{name} did not reduce the error: {err:.1f} vs {INITIAL_ERROR:.1f}"
+    assert err < INITIAL_ERROR / 4, (
+        f"{name} did not reduce the error: {err:.1f} vs {INITIAL_ERROR:.1f}"
+    )
     assert sgd > 2.5 * err, f"{name} is not clearly better than SGD: {err:.1f} vs SGD {sgd:.1f}"

@@ -64,7 +64,7 @@ def test_noise_norms_match_closed_form_least_squares():
 def test_variance_by_sample_size_matches_numpy():
     rng = np.random.default_rng(1)
     targets = rng.standard_t(1.5, size=(50, 4)).astype(np.float32)
-    loss = lambda w, t: 0.5 * jnp.sum((w - t) ** 2)  # noqa: E731  grad = w - t
+    loss = lambda w, t: 0.5 * jnp.sum((w - t) ** 2)
     got = np.asarray(D.variance_by_sample_size(loss, jnp.zeros(4), jnp.asarray(targets)))
     g = -targets.astype(np.float64)
     want = [np.mean(np.sum((g[:n] - g[:n].mean(0)) ** 2, 1)) for n in range(1, 51)]
@@ -73,11 +73,12 @@ def test_variance_by_sample_size_matches_numpy():
 
 def test_local_smoothness_of_quadratic():
     a = jnp.array([[3.0, 1.0], [1.0, 2.0]])
-    grad = lambda x: a @ x  # noqa: E731
+    grad = lambda x: a @ x
     x, x_next = jnp.array([1.0, -1.0]), jnp.array([0.2, 0.5])
     d = x_next - x
     assert float(D.local_smoothness(grad, x, x_next)) == pytest.approx(
-        float(jnp.linalg.norm(a @ d) / jnp.linalg.norm(d)), rel=1e-5)
+        float(jnp.linalg.norm(a @ d) / jnp.linalg.norm(d)), rel=1e-5
+    )
     assert float(D.local_smoothness(grad, x, x)) == 0.0
 
 
@@ -112,7 +113,7 @@ def test_fit_l0_l1_is_tight_and_bounds_every_point():
 
 
 def test_coordinate_smoothness():
-    grad = lambda x: jnp.array([2.0, 8.0]) * x  # noqa: E731
+    grad = lambda x: jnp.array([2.0, 8.0]) * x
     sm, mag = D.coordinate_smoothness(grad, jnp.array([1.0, 1.0]), jnp.array([0.5, 1.0]))
     np.testing.assert_allclose(sm, [2.0])  # only the coordinate that moved
     np.testing.assert_allclose(mag, [1.0])
@@ -122,16 +123,21 @@ def test_sharpness_of_quadratic_and_pytree_model():
     rng = np.random.default_rng(0)
     m = rng.normal(size=(6, 6))
     a = jnp.asarray(m @ m.T + np.eye(6), jnp.float32)
-    loss = lambda x, _: 0.5 * x @ a @ x  # noqa: E731
+    loss = lambda x, _: 0.5 * x @ a @ x
     lam, iters = D.sharpness(loss, jnp.ones(6), None, num_iters=500, tol=1e-7)
     assert float(lam) == pytest.approx(float(np.linalg.eigvalsh(np.asarray(a))[-1]), rel=1e-3)
     assert 1 <= int(iters) <= 500
 
     from flax import nnx
 
-    model = nnx.Sequential(nnx.Linear(3, 4, rngs=nnx.Rngs(0)), nnx.tanh, nnx.Linear(4, 1, rngs=nnx.Rngs(1)))
+    model = nnx.Sequential(
+        nnx.Linear(3, 4, rngs=nnx.Rngs(0)), nnx.tanh, nnx.Linear(4, 1, rngs=nnx.Rngs(1))
+    )
     graphdef, params = nnx.split(model, nnx.Param)
-    xb, yb = jnp.asarray(rng.normal(size=(16, 3)), jnp.float32), jnp.asarray(rng.normal(size=(16, 1)), jnp.float32)
+    xb, yb = (
+        jnp.asarray(rng.normal(size=(16, 3)), jnp.float32),
+        jnp.asarray(rng.normal(size=(16, 1)), jnp.float32),
+    )
 
     def mlp_loss(p, batch):
         x, y = batch
@@ -149,7 +155,7 @@ def test_training_stats_and_window_average():
     rng = np.random.default_rng(0)
     xs = jnp.asarray(rng.normal(size=(8, 4, 2)), jnp.float32)
     ys = jnp.asarray(rng.normal(size=(8, 4)), jnp.float32)
-    loss = lambda w, b: 0.5 * jnp.mean((b[0] @ w - b[1]) ** 2)  # noqa: E731
+    loss = lambda w, b: 0.5 * jnp.mean((b[0] @ w - b[1]) ** 2)
     w = jnp.array([0.3, -0.2])
     st = D.training_stats(loss, w, (xs, ys), sharpness_iters=200)
     full_x, full_y = xs.reshape(-1, 2), ys.reshape(-1)
@@ -164,7 +170,9 @@ def test_training_stats_and_window_average():
 
 def test_monitor_changes_no_update_and_reports_statistics():
     params = {"w": jnp.ones(5)}
-    inner = optax.chain(optclip.clip_by_global_norm(0.5), optclip.acclip(0.1, initial_threshold=0.0))
+    inner = optax.chain(
+        optclip.clip_by_global_norm(0.5), optclip.acclip(0.1, initial_threshold=0.0)
+    )
     plain, monitored = inner, optclip.diagnostics.monitor(inner)
     sp, sm = plain.init(params), monitored.init(params)
     rng = np.random.default_rng(0)
@@ -178,7 +186,7 @@ def test_monitor_changes_no_update_and_reports_statistics():
         assert float(sm.pre_clip_norm) == pytest.approx(float(jnp.linalg.norm(g["w"])), rel=1e-6)
         assert float(sm.clip_fraction) == pytest.approx(float(optclip.clip_fraction(sp)))
     bare = optclip.diagnostics.monitor()
-    u, s = bare.update({"w": jnp.array([3.0, 4.0])}, bare.init(params))
+    _, s = bare.update({"w": jnp.array([3.0, 4.0])}, bare.init(params))
     assert float(s.grad_norm) == 5.0 and np.isnan(float(s.clip_fraction))
 
 
@@ -188,7 +196,7 @@ def test_monitor_shards_like_any_transform():
     sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d"))
     params = jax.device_put(jnp.arange(8.0 * len(devices)), sh)
     tx = optclip.diagnostics.monitor(optclip.gclip(0.1, 1.0))
-    u, s = jax.jit(tx.update)(params, jax.jit(tx.init)(params), params)
+    _, s = jax.jit(tx.update)(params, jax.jit(tx.init)(params), params)
     assert float(s.grad_norm) == pytest.approx(float(jnp.linalg.norm(params)), rel=1e-6)
 
 

@@ -47,10 +47,15 @@ def max_affine(x):
 
 # (name, f, x0, Lipschitz constant, f*, offset of an anchor from the stationary point)
 KNOWN = [
-    ("abs_sum", abs_sum, jnp.array([3.0, -2.0]), 5**0.5, 0.0,
-     lambda x: (np.asarray(x) - [0.0, 1.0])),
-    ("abs_sum_tree", abs_sum_tree, {"a": jnp.array(2.5), "b": jnp.array([-1.5])}, 5**0.5, 0.0,
-     lambda x: np.array([float(x["a"]), float(x["b"][0]) - 1.0])),
+    ("abs_sum", abs_sum, jnp.array([3.0, -2.0]), 5**0.5, 0.0, lambda x: np.asarray(x) - [0.0, 1.0]),
+    (
+        "abs_sum_tree",
+        abs_sum_tree,
+        {"a": jnp.array(2.5), "b": jnp.array([-1.5])},
+        5**0.5,
+        0.0,
+        lambda x: np.array([float(x["a"]), float(x["b"][0]) - 1.0]),
+    ),
     # 2.33 is not a multiple of delta, so anchors do not land exactly on the kink at 0.
     ("zigzag", zigzag, jnp.array([2.33]), 1.5, 0.5 * 0.37, lambda x: np.asarray(x)),
     ("max_affine", max_affine, jnp.array([1.7, -2.2]), 1.0, 0.0, lambda x: np.asarray(x)),
@@ -68,7 +73,9 @@ def test_ingd_certifies_near_the_stationary_set(name, f, x0, lip, f_star, offset
     # puts each coordinate of the anchor within delta of the stationary point.
     assert np.all(np.abs(offset(res.x)) < delta + 1e-6), (name, res.x)
     calls = int(res.num_value_calls) + int(res.num_grad_calls)
-    bound = optclip.ingd_oracle_bound(delta, eps, lip, float(f(x0)) - f_star, failure_probability=0.1)
+    bound = optclip.ingd_oracle_bound(
+        delta, eps, lip, float(f(x0)) - f_star, failure_probability=0.1
+    )
     assert calls <= bound
 
 
@@ -81,12 +88,18 @@ def test_relu_network_loss_is_certified_within_the_bound():
         h = jax.nn.relu(xs @ p["w1"] + p["b1"])
         return jnp.mean(jnp.abs(h @ p["w2"] - ys))  # nonsmooth loss of a ReLU network
 
-    p0 = {"w1": jnp.asarray(rng.normal(size=(2, 6)), jnp.float32), "b1": jnp.zeros(6),
-          "w2": jnp.asarray(rng.normal(size=(6,)), jnp.float32)}
+    p0 = {
+        "w1": jnp.asarray(rng.normal(size=(2, 6)), jnp.float32),
+        "b1": jnp.zeros(6),
+        "w2": jnp.asarray(rng.normal(size=(6,)), jnp.float32),
+    }
     # L = 3 bounds the gradient norms seen here (2.1 at p0); a loose L makes beta ~ 1
     # and the search slow, as K = 48 L^2 / eps^2 says.
-    res = jax.jit(lambda p: optclip.ingd(loss, p, delta=0.1, epsilon=0.2, lipschitz=3.0,
-                                         max_oracle_calls=100_000))(p0)
+    res = jax.jit(
+        lambda p: optclip.ingd(
+            loss, p, delta=0.1, epsilon=0.2, lipschitz=3.0, max_oracle_calls=100_000
+        )
+    )(p0)
     assert bool(res.stationary)
     assert float(res.value) < 0.2 * float(loss(p0))
     bound = optclip.ingd_oracle_bound(0.1, 0.2, 3.0, float(loss(p0)))
@@ -95,7 +108,7 @@ def test_relu_network_loss_is_certified_within_the_bound():
 
 def test_smooth_quadratic_descends_at_the_first_inner_step():
     # Remark 5.4.1: on a smooth function the descent test (almost) always passes at once.
-    f = lambda x: 0.5 * jnp.sum(jnp.arange(1.0, 6.0) * x**2)  # noqa: E731
+    f = lambda x: 0.5 * jnp.sum(jnp.arange(1.0, 6.0) * x**2)
     res = optclip.ingd(f, 3.0 * jnp.ones(5), delta=0.02, epsilon=0.05, lipschitz=50.0)
     assert bool(res.stationary)
     assert int(res.num_anchors) > 20
@@ -103,8 +116,14 @@ def test_smooth_quadratic_descends_at_the_first_inner_step():
 
 
 def test_budget_exhausted_is_reported():
-    res = optclip.ingd(abs_sum, jnp.array([30.0, -20.0]), delta=0.01, epsilon=0.01,
-                       lipschitz=5**0.5, max_oracle_calls=50)
+    res = optclip.ingd(
+        abs_sum,
+        jnp.array([30.0, -20.0]),
+        delta=0.01,
+        epsilon=0.01,
+        lipschitz=5**0.5,
+        max_oracle_calls=50,
+    )
     assert not bool(res.stationary)
     assert int(res.status) == optclip.IngdStatus.BUDGET_EXHAUSTED
     assert int(res.num_value_calls + res.num_grad_calls) <= 51
@@ -120,12 +139,15 @@ def test_ingd_jit_matches_eager_and_is_reproducible():
     chex.assert_trees_all_equal(a, raw)
 
 
-@pytest.mark.parametrize("kwargs,arg", [
-    (dict(delta=0.0, epsilon=0.1, lipschitz=1.0), "delta"),
-    (dict(delta=0.1, epsilon=-1.0, lipschitz=1.0), "epsilon"),
-    (dict(delta=0.1, epsilon=0.1, lipschitz=0.0), "lipschitz"),
-    (dict(delta=0.1, epsilon=0.1, lipschitz=1.0, max_oracle_calls=0), "max_oracle_calls"),
-])
+@pytest.mark.parametrize(
+    "kwargs,arg",
+    [
+        (dict(delta=0.0, epsilon=0.1, lipschitz=1.0), "delta"),
+        (dict(delta=0.1, epsilon=-1.0, lipschitz=1.0), "epsilon"),
+        (dict(delta=0.1, epsilon=0.1, lipschitz=0.0), "lipschitz"),
+        (dict(delta=0.1, epsilon=0.1, lipschitz=1.0, max_oracle_calls=0), "max_oracle_calls"),
+    ],
+)
 def test_ingd_bad_input(kwargs, arg):
     with pytest.raises(ValueError, match=f"`{arg}`"):
         optclip.ingd(abs_sum, jnp.ones(2), **kwargs)
@@ -165,7 +187,7 @@ def test_stochastic_ingd_matches_numpy_reference():
     key = jax.random.key(7)
     us = [float(jax.random.uniform(jax.random.fold_in(key, t))) for t in range(steps)]
     target = np.array([0.5, -1.0, 2.0])
-    grad_np = lambda y: np.sign(y - target) + 0.3 * (y - target)  # noqa: E731
+    grad_np = lambda y: np.sign(y - target) + 0.3 * (y - target)
     xs_ref, ys_ref = _reference_trajectory(grad_np, np.zeros(3), p, q, beta, us)
 
     tx = optclip.stochastic_ingd(p, q, beta, key=key)
@@ -176,12 +198,18 @@ def test_stochastic_ingd_matches_numpy_reference():
         u, state = jax.jit(tx.update)(g, state, params)
         params = optax.apply_updates(params, u)
         np.testing.assert_allclose(params, ys_ref[t], rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(optclip.ingd_iterate(params, state), xs_ref[t], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            optclip.ingd_iterate(params, state), xs_ref[t], rtol=1e-5, atol=1e-5
+        )
 
 
 @settings(max_examples=30, deadline=None, derandomize=True)
-@given(st.floats(0.1, 10.0), st.floats(0.0, 20.0), st.floats(0.0, 0.99),
-       st.sampled_from([1e-6, 1.0, 1e3, 1e20]))
+@given(
+    st.floats(0.1, 10.0),
+    st.floats(0.0, 20.0),
+    st.floats(0.0, 0.99),
+    st.sampled_from([1e-6, 1.0, 1e3, 1e20]),
+)
 def test_iterates_move_at_most_one_over_p(p, q, beta, scale):
     tx = optclip.stochastic_ingd(p, q, beta, key=1)
     params = {"a": jnp.ones(3), "b": -jnp.ones(2)}
@@ -190,8 +218,9 @@ def test_iterates_move_at_most_one_over_p(p, q, beta, scale):
     x_prev = optclip.ingd_iterate(params, state)
     update = jax.jit(tx.update)
     for _ in range(5):
-        g = jax.tree.map(lambda x: jnp.asarray(rng.standard_t(1.5, x.shape) * scale, jnp.float32),
-                         params)
+        g = jax.tree.map(
+            lambda x: jnp.asarray(rng.standard_t(1.5, x.shape) * scale, jnp.float32), params
+        )
         u, state = update(g, state, params)
         params = optax.apply_updates(params, u)
         x = optclip.ingd_iterate(params, state)
@@ -210,8 +239,10 @@ def _noisy_l1_run(tx, steps, seed=0, d=10):
         g = jnp.sign(params) + xi  # noisy subgradient of ||x||_1
         u, state = tx.update(g, state, params)
         params = optax.apply_updates(params, u)
-        return (params, state), (optax.tree.get(state, "momentum_norm"),
-                                 jnp.sum(jnp.abs(optclip.ingd_iterate(params, state))))
+        return (params, state), (
+            optax.tree.get(state, "momentum_norm"),
+            jnp.sum(jnp.abs(optclip.ingd_iterate(params, state))),
+        )
 
     _, (m_norms, f_vals) = jax.jit(lambda: jax.lax.scan(step, (x0, tx.init(x0)), noise))()
     return np.asarray(m_norms), np.asarray(f_vals), float(jnp.sum(jnp.abs(x0)))
@@ -255,7 +286,7 @@ def _trajectory(tx, steps=20, jit=True):
     update = jax.jit(tx.update) if jit else tx.update
     out = []
     for t in range(steps):
-        g = jax.tree.map(lambda x: jnp.sign(x) + 0.1 * t, params)
+        g = jax.tree.map(lambda x, t=t: jnp.sign(x) + 0.1 * t, params)
         u, state = update(g, state, params)
         params = optax.apply_updates(params, u)
         out.append(params)
@@ -277,8 +308,9 @@ def test_same_key_same_trajectory_any_key_form_and_jit():
 
 def test_inject_hyperparams_and_multisteps():
     plain, _ = _trajectory(optclip.stochastic_ingd(p=2.0, q=3.0, beta=0.8, key=1))
-    inj, state = _trajectory(optax.inject_hyperparams(optclip.stochastic_ingd)(
-        p=2.0, q=3.0, beta=0.8, key=1))
+    inj, state = _trajectory(
+        optax.inject_hyperparams(optclip.stochastic_ingd)(p=2.0, q=3.0, beta=0.8, key=1)
+    )
     chex.assert_trees_all_close(plain, inj, rtol=1e-6)
     assert set(state.hyperparams) >= {"p", "q", "beta"}
     multi, _ = _trajectory(optax.MultiSteps(optclip.stochastic_ingd(key=1), every_k_schedule=1))
@@ -305,7 +337,7 @@ def test_flax_nnx_optimizer():
     model = nnx.Linear(3, 1, rngs=nnx.Rngs(0))
     opt = nnx.Optimizer(model, optclip.stochastic_ingd(key=0), wrt=nnx.Param)
     x, y = jnp.ones((8, 3)), jnp.zeros((8, 1))
-    loss = lambda m: jnp.mean(jnp.abs(m(x) - y))  # noqa: E731
+    loss = lambda m: jnp.mean(jnp.abs(m(x) - y))
     before = float(loss(model))
     for _ in range(50):
         opt.update(model, nnx.grad(loss)(model))
@@ -327,16 +359,20 @@ def test_state_survives_flatten_and_orbax_round_trip(tmp_path):
         ckpt = ocp.StandardCheckpointer()
         ckpt.save(tmp_path / "s", {"params": first[-1], "state": state})
         ckpt.wait_until_finished()
-        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"params": first[-1], "state": state})
+        target = jax.tree.map(
+            ocp.utils.to_shape_dtype_struct, {"params": first[-1], "state": state}
+        )
         restored = ckpt.restore(tmp_path / "s", target)
         params, state = restored["params"], restored["state"]
-        assert isinstance(state, optclip.StochasticIngdState) or jax.tree.structure(state) == treedef
+        assert (
+            isinstance(state, optclip.StochasticIngdState) or jax.tree.structure(state) == treedef
+        )
         state = jax.tree.unflatten(treedef, jax.tree.leaves(state))
     else:
         params = first[-1]
     update = jax.jit(tx.update)
     for t in range(10, 20):
-        g = jax.tree.map(lambda x: jnp.sign(x) + 0.1 * t, params)
+        g = jax.tree.map(lambda x, t=t: jnp.sign(x) + 0.1 * t, params)
         u, state = update(g, state, params)
         params = optax.apply_updates(params, u)
     chex.assert_trees_all_equal(params, full[-1])
@@ -350,8 +386,9 @@ def test_output_index_rule():
         optclip.ingd_output_index(0, 0, 1)
 
 
-@pytest.mark.parametrize("kwargs,arg", [(dict(p=0.0), "p"), (dict(q=-1.0), "q"),
-                                        (dict(beta=1.0), "beta")])
+@pytest.mark.parametrize(
+    "kwargs,arg", [(dict(p=0.0), "p"), (dict(q=-1.0), "q"), (dict(beta=1.0), "beta")]
+)
 def test_stochastic_ingd_bad_input(kwargs, arg):
     with pytest.raises(ValueError, match=f"`{arg}`"):
         optclip.stochastic_ingd(**kwargs)

@@ -30,8 +30,11 @@ def _grads(kind, dtype, rng):
 
 
 def _finite(tree):
-    return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree)
-               if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact))
+    return all(
+        bool(jnp.all(jnp.isfinite(x)))
+        for x in jax.tree.leaves(tree)
+        if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
+    )
 
 
 ZERO_THRESHOLD_CASES = [
@@ -64,7 +67,9 @@ def test_extreme_gradients_stay_finite(name, make, dtype):
         params = optax.apply_updates(params, u)
     # A spike of 1e6x the normal scale (or the dtype's limit) in a single step.
     spike = min(1e6, _huge(dtype))
-    g = jax.tree.map(lambda x: (x.astype(jnp.float32) * spike).astype(dtype), _grads("normal", dtype, rng))
+    g = jax.tree.map(
+        lambda x: (x.astype(jnp.float32) * spike).astype(dtype), _grads("normal", dtype, rng)
+    )
     u, state = update(g, state, params)
     assert _finite(u) and _finite(state)
 
@@ -102,13 +107,13 @@ class TestGlobalNorm:
     def test_matches_numpy(self):
         rng = np.random.default_rng(0)
         tree = {"a": rng.standard_normal((5, 7)), "b": [rng.standard_normal(3)]}
-        want = np.sqrt(sum(np.sum(x ** 2) for x in jax.tree.leaves(tree)))
+        want = np.sqrt(sum(np.sum(x**2) for x in jax.tree.leaves(tree)))
         got = optclip.global_norm(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree))
         assert float(got) == pytest.approx(want, rel=1e-6)
 
     @pytest.mark.parametrize("scale", [1e-30, 1e-20, 1e20, 1e30, 3e38])
     def test_no_overflow_or_underflow(self, scale):
-        x = jnp.full((1000,), scale / 1000 ** 0.5 * 0.5, jnp.float32)
+        x = jnp.full((1000,), scale / 1000**0.5 * 0.5, jnp.float32)
         got = float(optclip.global_norm({"x": x, "y": jnp.zeros(3)}))
         assert got == pytest.approx(scale * 0.5, rel=1e-5)
 
@@ -116,7 +121,7 @@ class TestGlobalNorm:
         x = jnp.ones((100_000,), jnp.bfloat16)
         got = optclip.global_norm(x)
         assert got.dtype == jnp.float32
-        assert float(got) == pytest.approx(100_000 ** 0.5, rel=1e-5)
+        assert float(got) == pytest.approx(100_000**0.5, rel=1e-5)
 
     def test_empty_and_zero(self):
         assert float(optclip.global_norm({})) == 0.0
@@ -129,7 +134,9 @@ class TestGlobalNorm:
 
 class TestZeroOverZero:
     def test_clip_factor(self):
-        f = optclip.clip_factor(jnp.array([0.0, 0.0, 2.0, 1.0, np.inf]), jnp.array([0.0, 1.0, 1.0, 2.0, 1.0]))
+        f = optclip.clip_factor(
+            jnp.array([0.0, 0.0, 2.0, 1.0, np.inf]), jnp.array([0.0, 1.0, 1.0, 2.0, 1.0])
+        )
         np.testing.assert_array_equal(f, [1.0, 1.0, 0.5, 1.0, 0.0])
 
     def test_safe_divide(self):
@@ -152,12 +159,13 @@ class TestPowerMean:
     def test_matches_direct_formula(self, alpha):
         rng = np.random.default_rng(1)
         a, b = rng.uniform(0, 5, 100), rng.uniform(0, 5, 100)
-        want = (0.9 * a ** alpha + 0.1 * b ** alpha) ** (1 / alpha)
+        want = (0.9 * a**alpha + 0.1 * b**alpha) ** (1 / alpha)
         got = power_mean(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32), 0.9, alpha)
         np.testing.assert_allclose(got, want, rtol=2e-6)
         # Traced alpha (inject_hyperparams) takes the general path: same values.
-        got_traced = jax.jit(lambda al: power_mean(jnp.asarray(a, jnp.float32),
-                                                   jnp.asarray(b, jnp.float32), 0.9, al))(alpha)
+        got_traced = jax.jit(
+            lambda al: power_mean(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32), 0.9, al)
+        )(alpha)
         np.testing.assert_allclose(got_traced, want, rtol=1e-5)
 
     @pytest.mark.parametrize("alpha", [1.0, 1.5, 2.0, 4.0])

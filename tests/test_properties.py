@@ -96,11 +96,14 @@ def test_generalized_sign_coordinates_bounded(stream):
 
 
 @SETTINGS
-@given(unit.filter(lambda g: np.all(np.abs(g) > 1e-3)), st.sampled_from([1e-30, 1e-10, 1.0, 1e20, 1e30]))
+@given(
+    unit.filter(lambda g: np.all(np.abs(g) > 1e-3)),
+    st.sampled_from([1e-30, 1e-10, 1.0, 1e20, 1e30]),
+)
 def test_generalized_sign_first_step_is_exactly_at_the_bound(g, scale):
     # m_1 = (1-b1) g and sqrt(v_1) = sqrt(1-b2) |m_1|, so |u| = lr / sqrt(1-b2)
     # whatever the scale: m^2 must neither overflow nor flush to zero.
-    (u, _), = _run(GSIGN, [(g, scale)])
+    ((u, _),) = _run(GSIGN, [(g, scale)])
     np.testing.assert_allclose(np.abs(np.asarray(u)), LR / np.sqrt(0.1), rtol=1e-5)
 
 
@@ -108,7 +111,7 @@ def test_generalized_sign_first_step_is_exactly_at_the_bound(g, scale):
 @given(unit.filter(lambda g: np.any(np.abs(g) > 1e-3)), st.sampled_from([1e-30, 1.0, 1e30]))
 def test_normalized_direction_has_unit_norm_at_any_scale(g, scale):
     tx = optclip.normalized_momentum_sgd(LR)
-    (u, _), = _run(tx, [(g, scale)])
+    ((u, _),) = _run(tx, [(g, scale)])
     np.testing.assert_allclose(float(jnp.linalg.norm(u)), LR, rtol=1e-5)
 
 
@@ -118,8 +121,11 @@ def test_updates_and_states_finite(stream, which):
     tx = dict(gclip=GCLIP, cclip=CCLIP, acclip=ACCLIP, rms=ACCLIP_RMS, gsign=GSIGN)[which]
     for u, state in _run(tx, stream):
         assert np.all(np.isfinite(np.asarray(u)))
-        assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state)
-                   if jnp.issubdtype(x.dtype, jnp.floating))
+        assert all(
+            bool(jnp.all(jnp.isfinite(x)))
+            for x in jax.tree.leaves(state)
+            if jnp.issubdtype(x.dtype, jnp.floating)
+        )
 
 
 @SETTINGS

@@ -74,9 +74,9 @@ class TestContract:
     def test_inject_hyperparams_gives_the_same_trajectory(self, case):
         grads = heavy_tailed_grads(STEPS)
         params = jax.tree.map(jnp.asarray, initial_params())
-        plain, _, p_plain = _run(case.make(), grads, params, jax.jit(case.make().update))
+        _, _, p_plain = _run(case.make(), grads, params, jax.jit(case.make().update))
         injected = optax.inject_hyperparams(case.factory)(**case.kwargs)
-        got, state, p_got = _run(injected, grads, params, jax.jit(injected.update))
+        _, state, p_got = _run(injected, grads, params, jax.jit(injected.update))
         chex.assert_trees_all_close(p_got, p_plain, rtol=2e-5, atol=1e-6)
         assert "learning_rate" in state.hyperparams
         assert case.main_hparam in state.hyperparams
@@ -101,7 +101,8 @@ def test_states_are_namedtuples():
     params = {"w": jnp.zeros(3)}
     for case in CASES:
         for leaf_state in jax.tree.leaves(
-            case.make().init(params), is_leaf=lambda x: isinstance(x, tuple) and hasattr(x, "_fields")
+            case.make().init(params),
+            is_leaf=lambda x: isinstance(x, tuple) and hasattr(x, "_fields"),
         ):
             if isinstance(leaf_state, tuple):
                 assert hasattr(leaf_state, "_fields"), case.name
