@@ -36,7 +36,14 @@ ADAM_GRID = (1e-2, 3e-3, 1e-3)
 
 CONFIGS = {
     # name: (factory(lr), grid, tracks clip fraction)
-    "sgd_momentum": (lambda lr: optax.sgd(lr, momentum=0.9), SGD_GRID, False),
+    # EMA momentum, m = 0.9 m + 0.1 g, as in ACClip and the papers' Algorithm 1, so the
+    # same learning rates mean the same step sizes (optax.sgd's heavy-ball momentum
+    # sums gradients and takes 10x larger steps at the same rate).
+    "sgd_momentum": (
+        lambda lr: optax.chain(optclip.ema_momentum(0.9), optax.scale_by_learning_rate(lr)),
+        SGD_GRID,
+        False,
+    ),
     "adam": (lambda lr: optax.adam(lr), ADAM_GRID, False),
     "acclip tau0=0": (lambda lr: optclip.acclip(lr, initial_threshold=0.0), SGD_GRID, True),
     "acclip tau0=1": (lambda lr: optclip.acclip(lr, initial_threshold=1.0), SGD_GRID, True),
@@ -126,7 +133,7 @@ def plot(results, table, path):
     except ImportError:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-    order = sorted(table, key=lambda t: t["mean"])
+    order = sorted((t for t in table if np.isfinite(t["mean"])), key=lambda t: t["mean"])
     axes[0].barh(
         [t["name"] for t in order],
         [t["mean"] for t in order],
@@ -158,6 +165,7 @@ def main(argv=None):
     ap.add_argument("--d-model", type=int, default=96)
     ap.add_argument("--optimizers", default=",".join(CONFIGS))
     ap.add_argument("--out", default="out/benchmarks")
+    ap.add_argument("--merge", help="an earlier acclip_scale.json whose other optimizers to keep")
     args = ap.parse_args(argv)
     names = [n.strip() for n in args.optimizers.split(",") if n.strip()]
     bad = [n for n in names if n not in CONFIGS]
@@ -171,6 +179,10 @@ def main(argv=None):
         grids = {n: CONFIGS[n][1][1:2] for n in names}
     start = time.perf_counter()
     results = run(names, cfg, args.steps, range(args.seeds), grids, max_chars=max_chars)
+    if args.merge:
+        earlier = json.loads(Path(args.merge).read_text())
+        for name, rows in earlier["rows"].items():
+            results["rows"].setdefault(name, rows)
     table = summarize(results)
     results["table"] = table
     results["machine"] = dict(platform=platform.platform(), python=platform.python_version())

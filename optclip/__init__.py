@@ -6,6 +6,7 @@ return an :class:`optax.GradientTransformation`; the ``scale_by_*``,
 to be combined with :func:`optax.chain`.
 """
 
+from optclip import diagnostics
 from optclip._alias import (
     acclip,
     cclip,
@@ -61,6 +62,8 @@ from optclip._sign import (
 __version__ = "0.1.0"
 
 __all__ = [
+    # Submodule: measurement tools (noise tails, smoothness, sharpness, monitor).
+    "diagnostics",
     # Full optimizers.
     "acclip",
     "cclip",

@@ -331,7 +331,7 @@ def _init_threshold(params: Any, initial_threshold: Any) -> Any:
 
 
 def estimate_alpha_moment_threshold(
-    decay: Any = 0.99, alpha: Any = 1.0, initial_threshold: Any = None
+    decay: Any = 0.99, alpha: Any = 1.0, initial_threshold: Any = 0.0
 ) -> optax.GradientTransformation:
     r"""Tracks ACClip's per-coordinate threshold; passes updates through unchanged.
 
@@ -348,7 +348,7 @@ def estimate_alpha_moment_threshold(
     Args:
       decay: ``beta_2`` in ``[0, 1)``.
       alpha: moment order, ``> 0`` (the paper uses 1; 2 gives an RMS).
-      initial_threshold: ``tau_0 >= 0``; ``None`` seeds it with the first
+      initial_threshold: ``tau_0 >= 0`` (default 0); ``None`` seeds it with the first
         gradient's magnitude, ``tau_1 = |g_1|`` (see ``docs/design.md``).
 
     Returns:
@@ -416,7 +416,7 @@ def scale_by_acclip(
     b2: Any = 0.99,
     alpha: Any = 1.0,
     eps: Any = 1e-5,
-    initial_threshold: Any = None,
+    initial_threshold: Any = 0.0,
     mu_dtype: Any = None,
     *,
     rms_scale: bool = False,
@@ -448,7 +448,8 @@ def scale_by_acclip(
       b2: threshold (and RMS) decay in ``[0, 1)``.
       alpha: moment order of the threshold, ``> 0``; 1 is the paper's default.
       eps: ``>= 0``, added to ``|m|`` in the clip (and to the RMS).
-      initial_threshold: ``tau_0 >= 0``, or ``None`` to seed ``tau_1 = |g_1|``.
+      initial_threshold: ``tau_0 >= 0`` (default 0), or ``None`` to seed
+        ``tau_1 = |g_1|``.
       mu_dtype: dtype of the stored momentum; float32 if ``None``.
       rms_scale: divide by the RMS of the raw gradient (keyword-only).
 

@@ -29,7 +29,7 @@ def acclip(
     b2=0.99,
     alpha=1.0,
     eps=1e-5,
-    initial_threshold=None,
+    initial_threshold=0.0,
     weight_decay=0.0,
     rms_scale=False,
 ):

@@ -54,7 +54,12 @@ CASES = [
         "b1",
         False,
     ),
-    Case("acclip_wd", optclip.acclip, dict(learning_rate=0.1, weight_decay=1e-2, alpha=1.5), "eps"),
+    Case(
+        "acclip_wd_seeded",
+        optclip.acclip,
+        dict(learning_rate=0.1, weight_decay=1e-2, alpha=1.5, initial_threshold=None),
+        "eps",
+    ),
     Case("gclip", optclip.gclip, dict(learning_rate=0.1, threshold=1.0), "threshold"),
     Case("gclip_momentum", optclip.gclip, dict(learning_rate=0.1, threshold=1.0, b1=0.9), "b1"),
     Case("cclip", optclip.cclip, dict(learning_rate=0.1, threshold=0.5, b1=0.9), "threshold"),

@@ -75,8 +75,8 @@ def test_acclip_threshold_state_is_the_alpha_moment_ema():
         np.testing.assert_allclose(state.tau[k], tau_pow[k] ** (1 / alpha), rtol=1e-5)
 
 
-def test_acclip_default_seeds_threshold_with_first_gradient():
-    tx = optclip.scale_by_acclip()
+def test_acclip_none_seeds_threshold_with_first_gradient():
+    tx = optclip.scale_by_acclip(initial_threshold=None)
     g = {"w": jnp.array([2.0, -3.0, 0.0])}
     _, state = tx.update(g, tx.init(g))
     np.testing.assert_array_equal(state.tau["w"], np.abs(g["w"]))
@@ -84,8 +84,8 @@ def test_acclip_default_seeds_threshold_with_first_gradient():
     assert float(state.clip_fraction) == 0.0
 
 
-def test_acclip_initial_threshold_zero_clips_first_steps():
-    tx = optclip.scale_by_acclip(initial_threshold=0.0)
+def test_acclip_default_initial_threshold_zero_clips_first_steps():
+    tx = optclip.scale_by_acclip()  # default tau_0 = 0
     g = {"w": jnp.array([2.0, -3.0, 1.0])}
     u, state = tx.update(g, tx.init(g))
     assert float(state.clip_fraction) == 1.0

@@ -34,3 +34,20 @@ def test_quick_mode_writes_json_with_every_variant(tmp_path, capsys):
     for name, row in data["sharded"].items():
         assert row["shards"] == 8.0, name
     assert "ratio" in capsys.readouterr().out
+
+
+def test_acclip_scale_quick_mode(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "acclip_scale", ROOT / "benchmarks" / "acclip_scale.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = module.main(
+        ["--quick", "--optimizers", "adam,acclip tau0=0,acclip tau0=1", "--out", str(tmp_path)]
+    )
+    table = {t["name"]: t for t in results["table"]}
+    assert set(table) == {"adam", "acclip tau0=0", "acclip tau0=1"}
+    # tau_0 = 0 clips nearly everything at first; tau_0 = 1 never clips small gradients.
+    assert table["acclip tau0=0"]["clip_first10"] > 0.5
+    assert table["acclip tau0=1"]["clip_mean"] == 0.0
+    assert (tmp_path / "acclip_scale.json").exists()

@@ -194,10 +194,11 @@ def _sharded_grads(steps, mesh):
 
 
 def _state_shardings(tx, params, mesh):
+    """State shardings that follow the params; scalars and counts are replicated."""
     abstract = jax.eval_shape(tx.init, params)
     return optax.tree_map_params(
         tx,
-        lambda p: p.sharding if hasattr(p, "sharding") else None,
+        lambda _, p: p.sharding,
         abstract,
         params,
         transform_non_params=lambda _: NamedSharding(mesh, P()),
@@ -206,14 +207,7 @@ def _state_shardings(tx, params, mesh):
 
 def _sharded_step(tx, params, mesh):
     param_sh = jax.tree.map(lambda p: p.sharding, params)
-    abstract = jax.eval_shape(tx.init, params)
-    state_sh = optax.tree_map_params(
-        tx,
-        lambda _, p: p.sharding,
-        abstract,
-        params,
-        transform_non_params=lambda _: NamedSharding(mesh, P()),
-    )
+    state_sh = _state_shardings(tx, params, mesh)
     init = jax.jit(tx.init, out_shardings=state_sh)
 
     def step(params, state, grads):
