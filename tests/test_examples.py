@@ -32,3 +32,22 @@ def test_noise_diagnostics_reports_both_models(tmp_path, capsys):
     for r in rows.values():
         assert 0.3 < r["stable"] < 5 and r["hill"] > 0
     assert "Reading:" in capsys.readouterr().out
+
+
+def test_sharded_training_resumes_bitwise_from_checkpoint(capsys):
+    example = _load("sharded_training")
+    losses, same = example.main(["--optimizer", "acclip", "--steps", "40"])
+    assert same
+    assert losses[-1] < losses[0]
+    assert "per-device shard (16, 16)" in capsys.readouterr().out
+
+
+def test_notebooks_match_their_paired_sources():
+    import jupytext
+
+    for source in sorted((ROOT / "examples" / "notebooks").glob("*.py")):
+        notebook = source.with_suffix(".ipynb")
+        assert notebook.exists(), f"{notebook.name} is missing: run `jupytext --sync {source}`"
+        a = [c.source for c in jupytext.read(source).cells]
+        b = [c.source for c in jupytext.read(notebook).cells]
+        assert a == b, f"{notebook.name} is out of sync with {source.name}: run jupytext --sync"
