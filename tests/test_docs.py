@@ -1,0 +1,29 @@
+"""Every public name has an API entry; every docs page is in the site's navigation."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import optclip
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def test_every_public_name_is_documented():
+    api = (DOCS / "api.md").read_text()
+    entries = set(re.findall(r"^::: (optclip\.[\w.]+)$", api, flags=re.M))
+    missing = [n for n in optclip.__all__ if n != "diagnostics" and f"optclip.{n}" not in entries]
+    missing += [
+        f"diagnostics.{n}"
+        for n in optclip.diagnostics.__all__
+        if f"optclip.diagnostics.{n}" not in entries
+    ]
+    assert not missing, f"no API entry in docs/api.md for: {missing}"
+
+
+def test_every_page_is_in_the_navigation():
+    nav = (DOCS.parent / "mkdocs.yml").read_text()
+    pages = {p.name for p in DOCS.glob("*.md")}
+    absent = sorted(p for p in pages if p not in nav)
+    assert not absent, f"docs pages missing from mkdocs.yml nav: {absent}"
