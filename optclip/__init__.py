@@ -6,7 +6,7 @@ return an :class:`optax.GradientTransformation`; the ``scale_by_*``,
 to be combined with :func:`optax.chain`.
 """
 
-from optclip import diagnostics
+from optclip import diagnostics, theory
 from optclip._alias import (
     acclip,
     cclip,
@@ -64,6 +64,8 @@ __version__ = "0.1.0"
 __all__ = [
     # Submodule: measurement tools (noise tails, smoothness, sharpness, monitor).
     "diagnostics",
+    # Submodule: hyperparameters from the theorems, and the weighted iterate average.
+    "theory",
     # Full optimizers.
     "acclip",
     "cclip",
