@@ -6,7 +6,7 @@ return an :class:`optax.GradientTransformation`; the ``scale_by_*``,
 to be combined with :func:`optax.chain`.
 """
 
-from optclip import diagnostics, theory
+from optclip import diagnostics, problems, theory
 from optclip._alias import (
     acclip,
     cclip,
@@ -66,6 +66,8 @@ __all__ = [
     "diagnostics",
     # Submodule: hyperparameters from the theorems, and the weighted iterate average.
     "theory",
+    # Submodule: test problems with known answers.
+    "problems",
     # Full optimizers.
     "acclip",
     "cclip",

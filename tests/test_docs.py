@@ -13,11 +13,11 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 def test_every_public_name_is_documented():
     api = (DOCS / "api.md").read_text()
     entries = set(re.findall(r"^::: (optclip\.[\w.]+)$", api, flags=re.M))
-    submodules = {"diagnostics", "theory"}
+    submodules = {"diagnostics", "theory", "problems"}
     missing = [n for n in optclip.__all__ if n not in submodules and f"optclip.{n}" not in entries]
-    missing += [
-        f"theory.{n}" for n in optclip.theory.__all__ if f"optclip.theory.{n}" not in entries
-    ]
+    for sub in ("theory", "problems"):
+        names = getattr(optclip, sub).__all__
+        missing += [f"{sub}.{n}" for n in names if f"optclip.{sub}.{n}" not in entries]
     missing += [
         f"diagnostics.{n}"
         for n in optclip.diagnostics.__all__
