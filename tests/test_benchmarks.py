@@ -51,3 +51,17 @@ def test_acclip_scale_quick_mode(tmp_path):
     assert table["acclip tau0=0"]["clip_first10"] > 0.5
     assert table["acclip tau0=1"]["clip_mean"] == 0.0
     assert (tmp_path / "acclip_scale.json").exists()
+
+
+def test_reproduce_quick_mode(tmp_path):
+    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "benchmarks" / "reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = module.main(["--quick", "--experiments", "e1,e3", "--out", str(tmp_path)])
+    e1 = {r["alpha"]: r for r in results["e1"]}
+    # GClip's averaged error decreases (a negative fitted slope) for every alpha.
+    assert all(r["slope"] < -0.2 for r in e1.values())
+    e3 = results["e3"]
+    gd = [r["gd (best fixed step)"] for r in e3]
+    assert gd[-1] > 3 * gd[0]  # fixed-step GD needs more iterations as M grows
+    assert (tmp_path / "e1.json").exists() and (tmp_path / "e3.json").exists()

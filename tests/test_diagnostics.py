@@ -216,3 +216,20 @@ BAD = [
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_plots_render(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    norms = np.abs(np.random.default_rng(0).standard_t(1.5, 500)) + 0.1
+    ax = D.plot_noise_histogram(norms, dim=20, alpha=1.5)
+    assert ax.get_legend() is not None and len(ax.patches) > 0
+    g = np.linspace(0.1, 5, 50)
+    ax = D.plot_smoothness(g, 1.0 + 2.0 * g)
+    assert any("L1=2" in t.get_text() for t in ax.get_legend().get_texts())
+    ax.figure.savefig(tmp_path / "s.png")
+    assert (tmp_path / "s.png").stat().st_size > 1000
+    plt.close("all")
