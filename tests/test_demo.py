@@ -8,16 +8,23 @@ import pytest
 from optclip import demo
 
 
-def test_quick_demo_prints_table_and_reading(capsys):
-    assert (
-        demo.main(
-            ["--quick", "--no-progress", "--optimizers", "sgd,gclip,acclip", "--steps", "150"]
-        )
-        == 0
-    )
+def test_quick_regression_demo_prints_table_and_reading(capsys):
+    argv = ["--task", "regression", "--quick", "--no-progress", "--optimizers", "sgd,gclip,acclip"]
+    assert demo.main([*argv, "--steps", "150"]) == 0
     out = capsys.readouterr().out
     for name in ("sgd", "gclip", "acclip", "excess risk", "Reading:"):
         assert name in out
+
+
+def test_quick_transformer_demo_trains_and_saves_the_plot(tmp_path, capsys):
+    assert demo.main(["--quick", "--no-progress", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for name in ("adam", "acclip", "sgd_momentum", "gclip", "val loss", "Reading:"):
+        assert name in out
+    assert (tmp_path / "demo_loss.png").stat().st_size > 1000
+    _, rows, curves = demo.train_transformer(["adam"], steps=30, seed=0, quick=True, progress=False)
+    assert rows[0]["val"] < 4.85  # below the uniform-guess loss log(128) = 4.85
+    assert curves["adam"][-1] < curves["adam"][0]
 
 
 def test_clipping_beats_sgd_in_expectation():
