@@ -115,9 +115,9 @@ def scale_by_stochastic_ingd(
     _checks.check_positive("p", p)
     _checks.check_nonnegative("q", q)
     _checks.check_decay("beta", beta)
+    data, impl = _key_data(key)
 
     def init_fn(params):
-        data, _ = _key_data(key)
         zeros = optax.tree.zeros_like(params, dtype=jnp.float32)
         return StochasticIngdState(
             count=jnp.zeros([], jnp.int32),
@@ -129,7 +129,6 @@ def scale_by_stochastic_ingd(
 
     def update_fn(updates, state, params=None):
         del params
-        _, impl = _key_data(key)
         first = state.count == 0
         # m_1 = g(x_1): the first step takes the gradient itself.
         b = jnp.where(first, 0.0, beta)

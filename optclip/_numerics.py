@@ -136,8 +136,3 @@ def fraction_true(tree_of_bools: Any) -> jax.Array:
     # on CPU. Per-leaf int32 counts cannot overflow below 2^31 elements per leaf.
     count = sum(jnp.sum(x, dtype=jnp.int32).astype(jnp.float32) for x in leaves)
     return count / jnp.float32(total)
-
-
-def cast_like(tree: Any, like: Any) -> Any:
-    """Casts each leaf of ``tree`` to the dtype of the matching leaf of ``like``."""
-    return jax.tree.map(lambda x, y: jnp.asarray(x).astype(jnp.asarray(y).dtype), tree, like)

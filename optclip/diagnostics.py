@@ -74,7 +74,7 @@ def _grads_map(loss_fn: LossFn, params: Any, batches: Any, fn, chunk_size: int):
     return jax.lax.map(lambda b: fn(grad(params, b)), batches, batch_size=chunk_size)
 
 
-def _mean_grad(loss_fn, params, batches, n, chunk_size):
+def _mean_grad(loss_fn, params, batches, n):
     def body(acc, b):
         return jax.tree.map(jnp.add, acc, jax.grad(loss_fn)(params, b)), None
 
@@ -104,7 +104,7 @@ def noise_norms(
     """
     batches, n = _stack(batches)
     if full_grad is None:
-        full_grad = _mean_grad(loss_fn, params, batches, n, chunk_size)
+        full_grad = _mean_grad(loss_fn, params, batches, n)
     return _grads_map(
         loss_fn, params, batches, lambda g: global_norm(optax.tree.sub(g, full_grad)), chunk_size
     )
@@ -428,7 +428,7 @@ def training_stats(
     and ``||Hess L_S||`` by :func:`sharpness` on the mean loss.
     """
     batches, n = _stack(batches)
-    full = _mean_grad(loss_fn, params, batches, n, chunk_size)
+    full = _mean_grad(loss_fn, params, batches, n)
     norms = noise_norms(loss_fn, params, batches, full_grad=full, chunk_size=chunk_size)
     loss = jnp.mean(jax.lax.map(lambda b: loss_fn(params, b), batches))
 
