@@ -64,8 +64,10 @@ class StochasticIngdState(NamedTuple):
     Attributes:
       count: number of updates seen (``t - 1``).
       momentum: ``m_t`` (float32).
-      offset: ``x_t - y_t``, the iterate minus the params the loss last saw
-        (float32); :func:`ingd_iterate` adds it to the params.
+      offset_scale: ``c_t`` with ``x_t - y_t = c_t m_{t-1}``: the iterate
+        minus the params the loss last saw is a multiple of the previous
+        momentum (``y`` lies on the last step's segment), so a scalar stores it;
+        :func:`ingd_iterate` adds ``c_t m`` to the params.
       key: raw key data; step ``t`` draws its interpolation point from
         ``fold_in(key, t)``, so no key is consumed and a restored state
         continues the same random sequence.
@@ -74,7 +76,7 @@ class StochasticIngdState(NamedTuple):
 
     count: jax.Array
     momentum: optax.Updates
-    offset: optax.Updates
+    offset_scale: jax.Array
     key: jax.Array
     momentum_norm: jax.Array
 
@@ -122,7 +124,7 @@ def scale_by_stochastic_ingd(
         return StochasticIngdState(
             count=jnp.zeros([], jnp.int32),
             momentum=zeros,
-            offset=optax.tree.zeros_like(params, dtype=jnp.float32),
+            offset_scale=jnp.zeros([], jnp.float32),
             key=data,
             momentum_norm=jnp.zeros([], jnp.float32),
         )
@@ -138,15 +140,18 @@ def scale_by_stochastic_ingd(
         norm = global_norm(m)
         inv = safe_divide(jnp.float32(1.0), p * norm + q)
         u = jax.random.uniform(jax.random.fold_in(_wrap(state.key, impl), state.count))
-        # x_{t+1} - x_t = -m / (p||m|| + q); y_{t+1} - y_t = (x_t - y_t) + u (x_{t+1} - x_t).
+        # x_{t+1} - x_t = -inv m_t; y_{t+1} - y_t = (x_t - y_t) + u (x_{t+1} - x_t), where
+        # x_t - y_t = c_t m_{t-1}; and x_{t+1} - y_{t+1} = -(1 - u) inv m_t.
         out = jax.tree.map(
-            lambda o, mu, g: (o - u * inv * mu).astype(g.dtype), state.offset, m, updates
+            lambda mu_old, mu, g: (state.offset_scale * mu_old - u * inv * mu).astype(g.dtype),
+            state.momentum,
+            m,
+            updates,
         )
-        offset = jax.tree.map(lambda mu: -(1.0 - u) * inv * mu, m)
         return out, StochasticIngdState(
             count=optax.safe_increment(state.count),
             momentum=m,
-            offset=offset,
+            offset_scale=-(1.0 - u) * inv,
             key=state.key,
             momentum_norm=norm,
         )
@@ -175,7 +180,7 @@ def stochastic_ingd(
     (:func:`ingd_output_index`); the running iterate is the practical default.
 
     Defaults are the thesis' experiment settings: ``beta = 0.9, p = 1, q = 10``.
-    State: 8 bytes per parameter (momentum and offset, float32).
+    State: 4 bytes per parameter (the float32 momentum; scalars aside).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, optclip
@@ -213,7 +218,10 @@ def ingd_iterate(params: optax.Params, state: Any) -> optax.Params:
     ``state`` may be the full optimizer state (chained, injected, MultiSteps).
     """
     s = _find_ingd_state(state)
-    return jax.tree.map(lambda p, o: (p.astype(jnp.float32) + o).astype(p.dtype), params, s.offset)
+    c = s.offset_scale
+    return jax.tree.map(
+        lambda p, m: (p.astype(jnp.float32) + c * m).astype(p.dtype), params, s.momentum
+    )
 
 
 def ingd_output_index(key: Any, num_steps: int, lag: int) -> jax.Array:

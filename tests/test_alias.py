@@ -170,6 +170,8 @@ def test_state_bytes_per_parameter():
     assert per_param(optclip.normalized_gd(0.1, 1.0)) == 0
     assert per_param(optclip.normalized_momentum_sgd(0.1)) == 4
     assert per_param(optclip.clip_momentum_sgd(0.1, 1.0)) == 4
+    # x - y lies along the previous momentum: a scalar multiple of it, not a second array.
+    assert per_param(optclip.stochastic_ingd()) == 4
 
 
 def test_clip_fraction_is_found_through_wrappers():
