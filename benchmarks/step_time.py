@@ -33,6 +33,7 @@ import optax
 import optclip
 
 LR = 1e-3
+AXPY = "x*a+b"
 
 
 def variants():
@@ -67,6 +68,10 @@ def variants():
             optax.chain(optclip.clip_by_global_norm(1.0), optax.adam(LR)),
             "optax.clip_gn+adam",
         ),
+        # Two parameter-sized state arrays, like Adam.
+        "stochastic_ingd": (optclip.stochastic_ingd(p=1.0, q=10.0, beta=0.9), "optax.adam"),
+        # The memory-bandwidth yardstick: read and write every parameter once.
+        AXPY: (None, None),
     }
 
 
@@ -90,10 +95,12 @@ def make_tree(n: int, leaves: int, seed: int = 0):
 
 def compile_step(tx, params, grads):
     def step(params, state, grads):
+        if tx is None:  # the yardstick
+            return jax.tree.map(lambda x: x * 0.999 + 1e-3, params), state
         updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
-    state = tx.init(params)
+    state = tx.init(params) if tx is not None else ()
     jitted = jax.jit(step, donate_argnums=(0, 1))
     compiled = jitted.lower(params, state, grads).compile()
     return jitted, compiled, state
@@ -125,8 +132,12 @@ def state_bytes_per_param(state, n: int) -> float:
     return sum(x.nbytes for x in jax.tree.leaves(state) if x.size > 1) / n
 
 
-def time_variants(specs, n, leaves, reps, warmup=2):
-    """Round-robin timing of every variant; returns {name: row}."""
+def time_variants(specs, n, leaves, reps, warmup=2, inner=1):
+    """Round-robin timing of every variant; returns {name: row}.
+
+    Each sample times ``inner`` consecutive steps (more than one on an accelerator, where
+    a single step is short enough for dispatch to show).
+    """
     grads = make_tree(n, leaves, seed=1)
     runs = {}
     for name, (tx, _) in specs.items():
@@ -143,10 +154,11 @@ def time_variants(specs, n, leaves, reps, warmup=2):
     for r in range(warmup + reps):
         for run in runs.values():
             t0 = time.perf_counter()
-            run["params"], run["state"] = run["fn"](run["params"], run["state"], grads)
+            for _ in range(inner):
+                run["params"], run["state"] = run["fn"](run["params"], run["state"], grads)
             jax.block_until_ready(run["params"])
             if r >= warmup:
-                run["times"].append(time.perf_counter() - t0)
+                run["times"].append((time.perf_counter() - t0) / inner)
     rows = {}
     for name, run in runs.items():
         rows[name] = dict(
@@ -154,6 +166,13 @@ def time_variants(specs, n, leaves, reps, warmup=2):
             state_bytes_per_param=run["state_bpp"],
             **run["report"],
         )
+    # Achieved bandwidth: XLA's bytes accessed over the measured time, and its fraction of
+    # the yardstick's (a step can be no faster than streaming its bytes once).
+    for row in rows.values():
+        row["gb_per_s"] = row["bytes_per_param"] * n / (row["median_ms"] * 1e6)
+    if AXPY in rows:
+        for row in rows.values():
+            row["bandwidth_fraction"] = row["gb_per_s"] / rows[AXPY]["gb_per_s"]
     for name, (_, counterpart) in specs.items():
         if counterpart in rows:
             rows[name]["ratio"] = rows[name]["median_ms"] / rows[counterpart]["median_ms"]
@@ -161,12 +180,12 @@ def time_variants(specs, n, leaves, reps, warmup=2):
     return rows
 
 
-def scaling(sizes, reps):
+def scaling(sizes, reps, inner=1):
     names = ["optax.adam", "acclip", "gclip(b1=0.9)", "generalized_signsgd"]
     specs = {k: v for k, v in variants().items() if k in names}
     out = {}
     for n in sizes:
-        rows = time_variants(specs, n, 1, reps)
+        rows = time_variants(specs, n, 1, reps, inner=inner)
         out[str(n)] = {
             k: dict(median_ms=v["median_ms"], ns_per_param=1e6 * v["median_ms"] / n)
             for k, v in rows.items()
@@ -223,7 +242,7 @@ def print_table(title, rows):
     print(f"\n{title}")
     head = (
         f"{'variant':<24}{'ms':>9}{'ratio':>8}  {'vs':<24}{'B/param':>8}"
-        f"{'state B/p':>10}{'temp B':>10}{'fusions':>8}"
+        f"{'state B/p':>10}{'temp B':>10}{'fusions':>8}{'GB/s':>8}{'of x*a+b':>9}"
     )
     print(head)
     print("-" * len(head))
@@ -232,7 +251,8 @@ def print_table(title, rows):
         print(
             f"{name:<24}{r['median_ms']:>9.2f}{ratio:>8}  {r.get('vs', ''):<24}"
             f"{r['bytes_per_param']:>8.1f}{r['state_bytes_per_param']:>10.1f}"
-            f"{r['temp_bytes']:>10d}{r['fusions']:>8d}"
+            f"{r['temp_bytes']:>10d}{r['fusions']:>8d}{r['gb_per_s']:>8.0f}"
+            f"{r.get('bandwidth_fraction', float('nan')):>9.2f}"
         )
     for a, b in EXTRA_RATIOS:
         if a in rows and b in rows:
@@ -275,10 +295,14 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="tiny sizes and few repetitions")
     ap.add_argument("--n", type=float, default=1e7, help="parameters (default 1e7)")
     ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument(
+        "--inner", type=int, default=1, help="steps per timed sample (use ~10 on a GPU)"
+    )
+    ap.add_argument("--sizes", help="comma-separated N for the scaling table (default 1e5,1e6,1e7)")
     ap.add_argument("--out", default="out/benchmarks")
     args = ap.parse_args(argv)
     n, reps = int(args.n), args.reps
-    sizes = [10**5, 10**6, 10**7]
+    sizes = [int(float(x)) for x in (args.sizes or "1e5,1e6,1e7").split(",")]
     if args.quick:
         n, reps, sizes = 10**5, 3, [10**4, 10**5]
     out = Path(args.out)
@@ -293,13 +317,15 @@ def main(argv=None):
     )
     print(f"machine: {machine}")
     results = dict(n=n, reps=reps, machine=machine)
-    results["one_leaf"] = time_variants(variants(), n, 1, reps)
+    results["one_leaf"] = time_variants(variants(), n, 1, reps, inner=args.inner)
     print_table(f"one leaf of {n:.0e} float32, donated, median of {reps}", results["one_leaf"])
-    results["many_leaves"] = time_variants(variants(), n, 1000 if not args.quick else 100, reps)
+    results["many_leaves"] = time_variants(
+        variants(), n, 1000 if not args.quick else 100, reps, inner=args.inner
+    )
     print_table(
         f"{1000 if not args.quick else 100} leaves totalling {n:.0e}", results["many_leaves"]
     )
-    results["scaling"] = scaling(sizes, reps)
+    results["scaling"] = scaling(sizes, reps, args.inner)
     print("\nscaling (ns per parameter; constant means linear cost)")
     for size, rows in results["scaling"].items():
         print(
