@@ -1,8 +1,8 @@
-"""The papers' claims in miniature: convergence rates, dimension, relaxed smoothness.
+"""The papers' claims in miniature (issue E1-E7 in docs/results.md).
 
-    python benchmarks/reproduce.py                 # E1-E3 and E7 (about 10 minutes on 2 cores)
-    python benchmarks/reproduce.py --quick         # smoke test (seconds)
-    python benchmarks/reproduce.py --experiments e1
+    python benchmarks/reproduce.py                 # all seven (about 70 minutes on 2 cores)
+    python benchmarks/reproduce.py --quick         # smoke test (a few minutes)
+    python benchmarks/reproduce.py --experiments e4,e7
 
 E1  GClip with the theory schedule (eta_k = 4/(mu(k+1)), tau_k = G k^(1/alpha)) on a strongly
     convex quadratic with symmetric Pareto noise of tail index alpha + 0.1: the fitted log-log
@@ -13,15 +13,23 @@ E2  CClip against GClip as the dimension grows (10 to 1000), under coordinate no
 E3  Iterations to ||grad f|| <= eps on f(x) = sum x^4/4 started where ||grad f|| = M, for M from
     10 to 1e4: fixed-step GD, clipped GD, normalized GD and generalized SignSGD, each with the
     best setting of a grid.
-E7  The character transformer with rare gradient spikes (x1e4 at steps 100 and 300): validation
-    loss of SGD-momentum, GClip, Adam, ACClip and generalized SignSGD with and without them.
+E4  The character transformer (optclip.charlm, 255k parameters, text from the standard
+    library's sources): SGD-momentum, GClip-momentum, Adam, ACClip (printed and RMS-scaled) and
+    generalized SignSGD, each with a 3-point learning-rate grid and 5 seeds.
+E5  Gradient-noise shape (tail indices, histograms) of that transformer and of an MLP on
+    scikit-learn's digits, at initialisation and during training.
+E6  Stochastic INGD against SGD-momentum and Adam on a ReLU MLP (digits), each with a 3-point grid.
+E7  E4 with rare gradient spikes (x1e4 at steps 100 and 300): validation loss of every E4
+    optimizer, at its E4 learning rate, with and without them.
 
-Each experiment prints a table and writes <out>/<name>.json and <name>.png.
+Each experiment prints a table and writes <out>/<name>.json and <name>.png. --steps, --seeds,
+--d-model and --layers override the transformer experiments' defaults.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -32,6 +40,7 @@ import numpy as np
 import optax
 
 import optclip
+from optclip import diagnostics as D
 from optclip import problems, theory
 
 
@@ -78,7 +87,7 @@ def _pareto_quadratic_errors(tx, steps, seeds, dim, index, averaged):
     return np.asarray(jax.jit(jax.vmap(one))(jnp.arange(seeds)))
 
 
-def e1(quick):
+def e1(quick, out=None, **over):
     steps, seeds, dim = (2000, 16, 5) if quick else (20_000, 64, 5)
     rows = []
     curves = {}
@@ -139,7 +148,7 @@ def e1(quick):
 # ---------------------------------------------------------------------------
 
 
-def e2(quick):
+def e2(quick, out=None, **over):
     # d = 1e4 took over 10 minutes on 2 cores (Student-t draws are gamma rejection samples).
     dims = (10, 100, 1000) if quick else (10, 30, 100, 300, 1000)
     steps, seeds, alpha, df = (1000, 8, 1.4, 1.5) if quick else (5000, 16, 1.4, 1.5)
@@ -211,7 +220,7 @@ def _iterations(tx, p, eps, cap):
     return int(k) if ok else None
 
 
-def e3(quick):
+def e3(quick, out=None, **over):
     Ms = (10.0, 100.0, 1000.0) if quick else (10.0, 100.0, 1000.0, 10_000.0)
     eps, cap = 0.01, (20_000 if quick else 200_000)
     grids = {
@@ -271,29 +280,390 @@ def e3(quick):
 
 
 # ---------------------------------------------------------------------------
+# E4: the attention model
+# ---------------------------------------------------------------------------
+
+SGD_GRID = (3.0, 1.0, 0.3)
+ADAM_GRID = (1e-2, 3e-3, 1e-3)
+# EMA of the raw-gradient momentum along an SGD-momentum run of the d_model-96 transformer
+# (lr 1): about 0.55 over the first 10 steps, 0.11-0.13 from step 50 on. A threshold a
+# little above the steady value clips the early phase and any spike, not the steady state.
+GCLIP_THRESHOLD = 0.15
+
+
+def _ema_sgd(lr):
+    # EMA momentum, m = 0.9 m + 0.1 g, as in the papers' Algorithm 1, so that a learning
+    # rate means the same step for SGD, GClip and printed ACClip (optax.sgd's heavy-ball
+    # momentum sums gradients and steps 10x further at the same rate).
+    return optax.chain(optclip.ema_momentum(0.9), optax.scale_by_learning_rate(lr))
+
+
+# name: (factory(lr), learning-rate grid, tracks the clip fraction). Every optimizer gets
+# three grid points a factor ~3 apart at its own scale. Generalized SignSGD's grid sits a
+# factor 10 below Adam's: its direction m/sqrt(EMA of m^2) is sign-like, of size ~1 per
+# coordinate, where Adam's m/sqrt(EMA of g^2) shrinks under noise. (A first run with
+# {3e-3, 1e-3, 3e-4} found the best point at the bottom edge, 3e-4, so the grid moved down.)
+E4_OPTIMIZERS = {
+    "sgd_momentum": (_ema_sgd, SGD_GRID, False),
+    "gclip_momentum": (
+        lambda lr: optclip.gclip(lr, threshold=GCLIP_THRESHOLD, b1=0.9),
+        SGD_GRID,
+        False,
+    ),
+    "adam": (optax.adam, ADAM_GRID, False),
+    "acclip": (lambda lr: optclip.acclip(lr), SGD_GRID, True),
+    "acclip_rms": (lambda lr: optclip.acclip(lr, rms_scale=True), ADAM_GRID, True),
+    "generalized_signsgd": (optclip.generalized_signsgd, (1e-3, 3e-4, 1e-4), False),
+}
+
+
+def _transformer_setup(quick, over):
+    from optclip import charlm
+
+    if quick:
+        cfg = charlm.Config(d_model=32, heads=2, layers=1, seq=32, batch=8)
+        steps, seeds, max_chars = 20, 1, 100_000
+    else:
+        cfg = charlm.Config(d_model=96)
+        steps, seeds, max_chars = 400, 5, 1_500_000
+    cfg = dataclasses.replace(
+        cfg, **{k: v for k, v in over.items() if k in ("d_model", "layers") and v}
+    )
+    steps = over.get("steps") or steps
+    seeds = list(range(over.get("seeds") or seeds))
+    return charlm, charlm.Task.make(cfg, max_chars=max_chars), steps, seeds
+
+
+def e4(quick, out=None, **over):
+    charlm, task, steps, seeds = _transformer_setup(quick, over)
+    window = max(1, steps // 40)
+    rows = []
+    for name, (make, grid, tracks) in E4_OPTIMIZERS.items():
+        grid = grid[1:2] if quick else grid
+        by_lr = {}
+        for lr in grid:
+            track = optclip.clip_fraction if tracks else None
+            val, losses, frac = charlm.train_seeds(task, make(lr), seeds, steps, track=track)
+            by_lr[lr] = dict(
+                val=val.tolist(),
+                curve=window_curve(losses.mean(0), window),
+                clip_fraction=float(np.nanmean(frac)) if tracks else None,
+            )
+        means = {lr: float(np.mean(r["val"])) for lr, r in by_lr.items()}
+        best = min(means, key=means.get)
+        rows.append(
+            dict(
+                name=name,
+                lr=best,
+                edge=len(grid) > 1 and best in (grid[0], grid[-1]),
+                mean=means[best],
+                std=float(np.std(by_lr[best]["val"])),
+                val=by_lr[best]["val"],
+                grid={f"{lr:g}": round(m, 4) for lr, m in means.items()},
+                curve=by_lr[best]["curve"],
+                curve_window=window,
+                clip_fraction=by_lr[best]["clip_fraction"],
+                params=task.num_params(),
+                steps=steps,
+                seeds=len(seeds),
+            )
+        )
+    print(
+        f"\nE4 attention model: char transformer ({task.num_params()} params, d_model "
+        f"{task.cfg.d_model}, {task.cfg.layers} layers), {steps} steps of batch "
+        f"{task.cfg.batch}x{task.cfg.seq}, {len(seeds)} seeds, 3-point learning-rate grid each"
+    )
+    print(f"{'optimizer':<22}{'best lr':>9}{'val loss (mean ± std)':>24}  grid: lr -> mean")
+    for r in sorted(rows, key=lambda r: r["mean"]):
+        lr = f"{r['lr']:g}" + ("*" if r["edge"] else "")
+        grid = ", ".join(f"{k}: {v:.3f}" for k, v in r["grid"].items())
+        print(f"{r['name']:<22}{lr:>9}{r['mean']:>15.4f} ± {r['std']:<6.4f}  {grid}")
+    print("* best learning rate at the edge of its grid")
+
+    def draw(ax):
+        for r in sorted(rows, key=lambda r: r["mean"]):
+            curve = np.array(r["curve"], dtype=float)  # None (diverged) -> nan
+            xs = window * (np.arange(len(curve)) + 1)
+            ax.plot(xs, curve, label=f"{r['name']} (lr {r['lr']:g}): val {r['mean']:.3f}")
+        ax.set_xlabel("step")
+        ax.set_ylabel(f"training loss (mean over seeds, windows of {window})")
+        lo = min(np.nanmin(np.array(r["curve"], dtype=float)) for r in rows)
+        ax.set_ylim(lo - 0.1, lo + 1.5)
+        ax.legend(fontsize=7)
+
+    return rows, draw
+
+
+def window_curve(values, window):
+    """Means over consecutive windows (the last partial one dropped)."""
+    v = np.asarray(values, dtype=np.float64)
+    n = len(v) // window
+    out = v[: n * window].reshape(n, window).mean(1)
+    return [float(x) if np.isfinite(x) else None for x in out]
+
+
+# ---------------------------------------------------------------------------
+# E5: noise shape, E6: nonsmooth (both reuse the examples' code)
+# ---------------------------------------------------------------------------
+
+
+def _example(name):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"optclip_example_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _train_snapshots(loss_fn, params, tx, batches, snapshots):
+    """Trains on ``batches`` (leading axis = steps); returns {step: params} at ``snapshots``."""
+
+    @jax.jit
+    def run(params, state, chunk):
+        def step(carry, b):
+            params, state = carry
+            u, state = tx.update(jax.grad(loss_fn)(params, b), state, params)
+            return (optax.apply_updates(params, u), state), None
+
+        return jax.lax.scan(step, (params, state), chunk)[0]
+
+    out, state, done = {}, tx.init(params), 0
+    for stop in sorted(snapshots):
+        if stop > done:
+            chunk = jax.tree.map(lambda b, a=done, z=stop: b[a:z], batches)
+            params, state = run(params, state, chunk)
+            done = stop
+        out[stop] = params
+    return out
+
+
+def e5(quick, out=None, **over):
+    noise = _example("noise_diagnostics")
+    _, task, steps, _ = _transformer_setup(quick, over)
+    n = 128 if quick else 1024  # minibatches of 8 per measurement
+    block = 16
+    snapshots = (0, steps // 4, steps)
+    key = jax.random.key(0)
+
+    # The E4 transformer, trained with Adam at its E4 learning rate; noise from
+    # minibatches of 8 sequences.
+    tloss = lambda p, starts: task.loss(p, task.train, starts)
+    train_starts = task.batch_starts(0, steps)
+    noise_starts = jax.random.randint(
+        jax.random.key(77), (n, 8), 0, task.train.shape[0] - task.cfg.seq - 1
+    )
+    cases = {
+        f"char transformer ({task.num_params()} params)": (
+            tloss,
+            task.init_params(0),
+            optax.adam(3e-3),
+            train_starts,
+            noise_starts,
+        )
+    }
+    # The digits MLP of examples/noise_diagnostics.py, trained with Adam on batches of 32.
+    mloss, mparams, _, msize = noise.mlp_case(n)
+    num_digits = 1797
+    cases[f"MLP on digits ({msize} params)"] = (
+        mloss,
+        mparams,
+        optax.adam(1e-3),
+        jax.random.randint(jax.random.key(5), (steps, 32), 0, num_digits),
+        jax.random.randint(jax.random.key(6), (n, 8), 0, num_digits),
+    )
+    rows = []
+    hists = {}
+    for i, (name, (loss_fn, params, tx, train_batches, noise_batches)) in enumerate(cases.items()):
+        snaps = _train_snapshots(loss_fn, params, tx, train_batches, snapshots)
+        for step, p in snaps.items():
+            norms, proj = noise.noise_samples(loss_fn, p, noise_batches, jax.random.fold_in(key, i))
+            norms, proj = np.asarray(norms), np.asarray(proj)
+            losses = jax.lax.map(lambda b, p=p, f=loss_fn: f(p, b), noise_batches)
+            rows.append(
+                dict(
+                    model=name,
+                    step=step,
+                    loss=float(jnp.mean(losses)),
+                    hill=D.hill_tail_index(norms, max(1, n // 10)),
+                    stable=D.tail_index(proj, block),
+                    median_norm=float(np.median(norms)),
+                    max_over_median=float(np.max(norms) / np.median(norms)),
+                )
+            )
+            hists[(name, step)] = norms
+    # The estimators' own spread at this sample size: Gaussian (alpha 2) and
+    # alpha-stable (1.5) samples of the same count, 8 draws each.
+    for alpha in (2.0, 1.5):
+        draws = [D.symmetric_alpha_stable(jax.random.key(s), alpha, (n,)) for s in range(8)]
+        est = [D.tail_index(np.asarray(x), block) for x in draws]
+        rows.append(
+            dict(
+                model=f"reference: alpha-stable({alpha}) samples",
+                step=None,
+                stable=float(np.mean(est)),
+                stable_std=float(np.std(est)),
+            )
+        )
+    print(
+        f"\nE5 noise shape: {n} minibatches of 8 per measurement, during training with Adam; "
+        "Hill index of the noise norms (top 10%), alpha-stable index of the noise projected on "
+        "a random direction (2 = Gaussian, smaller = heavier)"
+    )
+    print(
+        f"{'model':<36}{'step':>6}{'loss':>12}{'Hill (norms)':>14}"
+        f"{'alpha (proj)':>14}{'max/median':>12}"
+    )
+    for r in rows:
+        if r["step"] is None:
+            spread = f"{r['stable']:>8.2f} ± {r['stable_std']:.2f}"
+            print(f"{r['model']:<36}{'':>6}{'':>12}{'':>14}{spread}")
+        else:
+            print(
+                f"{r['model']:<36}{r['step']:>6}{r['loss']:>12.3f}{r['hill']:>14.2f}"
+                f"{r['stable']:>14.2f}{r['max_over_median']:>12.1f}"
+            )
+
+    def draw(ax):
+        for name in cases:
+            last = hists[(name, steps)]
+            ax.hist(
+                last / np.median(last),
+                bins=60,
+                density=True,
+                histtype="step",
+                label=f"{name}, step {steps}",
+            )
+            first = hists[(name, 0)]
+            ax.hist(
+                first / np.median(first),
+                bins=60,
+                density=True,
+                histtype="step",
+                linestyle=":",
+                label=f"{name}, step 0",
+            )
+        ax.set_yscale("log")
+        ax.set_xlabel("noise norm / median")
+        ax.set_ylabel("density")
+        ax.legend(fontsize=7)
+
+    return rows, draw
+
+
+E6_GRIDS = {
+    # name: (factory(value), grid, what the grid varies). Same weight decay for all. (A first
+    # run with grids one step lower, q {30, 10, 3}, SGD {0.1, 0.03, 0.01}, Adam {3e-3, 1e-3,
+    # 3e-4}, found every best point at the large-step edge, so each grid moved up one step.)
+    "stochastic_ingd": (
+        lambda q: optclip.stochastic_ingd(p=1.0, q=q, beta=0.9, key=0, weight_decay=5e-4),
+        (10.0, 3.0, 1.0),
+        "q",
+    ),
+    "sgd_momentum": (
+        lambda lr: optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(lr, 0.9)),
+        (0.3, 0.1, 0.03),
+        "lr",
+    ),
+    "adam": (
+        lambda lr: optax.chain(optax.add_decayed_weights(5e-4), optax.adam(lr)),
+        (1e-2, 3e-3, 1e-3),
+        "lr",
+    ),
+}
+
+
+def e6(quick, out=None, **over):
+    ex = _example("ingd_relu_mlp")
+    data = ex.load_digits()
+    epochs, seeds = (2, 1) if quick else (30, over.get("seeds") or 5)
+    rows = []
+    for name, (make, grid, knob) in E6_GRIDS.items():
+        grid = grid[1:2] if quick else grid
+        by_value = {}
+        for v in grid:
+            runs = np.array([ex.train(name, data, epochs, 32, s, tx=make(v)) for s in range(seeds)])
+            by_value[v] = runs  # seeds x epochs x (train acc, test acc, train loss)
+        # Chosen by the objective the optimizer minimises (final training loss), not on test.
+        best = min(by_value, key=lambda v: by_value[v][:, -1, 2].mean())
+        runs = by_value[best]
+        rows.append(
+            dict(
+                name=name,
+                knob=knob,
+                best=best,
+                edge=len(grid) > 1 and best in (grid[0], grid[-1]),
+                grid={f"{v:g}": float(r[:, -1, 2].mean()) for v, r in by_value.items()},
+                train_loss=float(runs[:, -1, 2].mean()),
+                train_loss_std=float(runs[:, -1, 2].std()),
+                train_acc=float(runs[:, -1, 0].mean()),
+                test_acc=float(runs[:, -1, 1].mean()),
+                test_acc_std=float(runs[:, -1, 1].std()),
+                curve=runs[:, :, 2].mean(0).tolist(),
+                test_curve=runs[:, :, 1].mean(0).tolist(),
+            )
+        )
+    (xtr, _), (xte, _) = data
+    print(
+        f"\nE6 nonsmooth: ReLU MLP 64-128-128-10 on digits ({len(xtr)} train / {len(xte)} test), "
+        f"{epochs} epochs of batch 32, {seeds} seeds, weight decay 5e-4; grid point chosen by "
+        "final training loss; INGD evaluated at its iterate x"
+    )
+    print(
+        f"{'optimizer':<18}{'best':>10}{'train loss':>20}{'train acc':>11}{'test acc':>18}"
+        "  grid -> train loss"
+    )
+    for r in rows:
+        grid = ", ".join(f"{k}: {v:.4f}" for k, v in r["grid"].items())
+        print(
+            f"{r['name']:<18}{r['knob'] + ' ' + format(r['best'], 'g') + '*' * r['edge']:>10}"
+            f"{r['train_loss']:>12.4f} ± {r['train_loss_std']:<6.4f}{r['train_acc']:>10.4f}"
+            f"{r['test_acc']:>10.4f} ± {r['test_acc_std']:<6.4f}  {grid}"
+        )
+    print("* best grid point at the edge of its grid")
+
+    def draw(ax):
+        for r in rows:
+            ax.semilogy(
+                np.arange(1, len(r["curve"]) + 1),
+                r["curve"],
+                label=f"{r['name']} ({r['knob']} {r['best']:g}): test acc {r['test_acc']:.3f}",
+            )
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("training loss (mean over seeds)")
+        ax.legend(fontsize=7)
+
+    return rows, draw
+
+
+# ---------------------------------------------------------------------------
 # E7: robustness to gradient spikes on the transformer
 # ---------------------------------------------------------------------------
 
 
-def e7(quick):
-    from optclip import charlm
+# E4's best learning rates (docs/results.md), used when no e4.json is in the output folder.
+E7_DEFAULT_LRS = {
+    "sgd_momentum": 1.0,
+    "gclip_momentum": 1.0,
+    "adam": 3e-3,
+    "acclip": 1.0,
+    "acclip_rms": 3e-3,
+    "generalized_signsgd": 3e-4,
+}
 
-    cfg = (
-        charlm.Config(d_model=32, heads=2, layers=1, seq=32, batch=8)
-        if quick
-        else charlm.Config(d_model=64)
-    )
-    steps, seeds = (40, [0]) if quick else (400, [0, 1, 2])
+
+def e7(quick, out=None, **over):
+    over = dict(over, seeds=over.get("seeds") or (1 if quick else 3))
+    charlm, task, steps, seeds = _transformer_setup(quick, over)
+    steps = over.get("steps") or (40 if quick else steps)
     spike_every, spike_at, factor = (20, 10, 1e4) if quick else (200, 100, 1e4)
-    task = charlm.Task.make(cfg, max_chars=100_000 if quick else 1_500_000)
-    ema_sgd = lambda lr: optax.chain(optclip.ema_momentum(0.9), optax.scale_by_learning_rate(lr))
-    configs = {
-        "sgd_momentum (lr 1)": ema_sgd(1.0),
-        "gclip (lr 1, tau 0.3)": optclip.gclip(1.0, threshold=0.3, b1=0.9),
-        "adam (3e-3)": optax.adam(3e-3),
-        "acclip rms (3e-3)": optclip.acclip(3e-3, rms_scale=True),
-        "generalized_signsgd (3e-3)": optclip.generalized_signsgd(3e-3),
-    }
+    lrs, source = dict(E7_DEFAULT_LRS), "defaults (E4's measured best)"
+    e4_json = Path(out) / "e4.json" if out else None
+    if e4_json is not None and e4_json.exists() and not quick:
+        lrs.update({r["name"]: r["lr"] for r in json.loads(e4_json.read_text())})
+        source = str(e4_json)
+    configs = {f"{n} ({lrs[n]:g})": E4_OPTIMIZERS[n][0](lrs[n]) for n in E4_OPTIMIZERS}
 
     def spikes(k, grads):
         hit = (k % spike_every) == spike_at
@@ -314,13 +684,21 @@ def e7(quick):
         )
     print(
         f"\nE7 spikes: char transformer ({task.num_params()} params), {steps} steps, "
-        f"{len(seeds)} seeds; gradients x{factor:g} at steps {spike_at} mod {spike_every}"
+        f"{len(seeds)} seeds; gradients x{factor:g} at steps {spike_at} mod {spike_every}; "
+        f"learning rates from {source}"
     )
-    print(f"{'optimizer':<28}{'val loss, clean':>20}{'with spikes':>20}{'change':>10}")
+    print(f"{'optimizer':<30}{'val loss, clean':>20}{'with spikes':>20}{'change':>10}")
+
+    def cell(mean, std):
+        # A loss far above the untrained ln(128) = 4.85 (or inf) means the run blew up.
+        return f"{mean:>12.4f} ± {std:<6.3f}" if mean < 100 else f"{'diverged':>21}"
+
     for r in rows:
+        change = r["spiked"] - r["clean"]
         print(
-            f"{r['name']:<28}{r['clean']:>12.4f} ± {r['clean_std']:<6.3f}"
-            f"{r['spiked']:>12.4f} ± {r['spiked_std']:<6.3f}{r['spiked'] - r['clean']:>+10.3f}"
+            f"{r['name']:<30}{cell(r['clean'], r['clean_std'])}"
+            f"{cell(r['spiked'], r['spiked_std'])}"
+            + (f"{change:>+10.3f}" if max(r["clean"], r["spiked"]) < 100 else "")
         )
 
     def draw(ax):
@@ -334,15 +712,21 @@ def e7(quick):
     return rows, draw
 
 
-EXPERIMENTS = {"e1": e1, "e2": e2, "e3": e3, "e7": e7}
+EXPERIMENTS = {"e1": e1, "e2": e2, "e3": e3, "e4": e4, "e5": e5, "e6": e6, "e7": e7}
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--experiments", default="e1,e2,e3,e7")
+    ap.add_argument("--experiments", default=",".join(EXPERIMENTS))
     ap.add_argument("--out", default="out/benchmarks")
+    group = ap.add_argument_group("transformer experiments (E4, E5): override the defaults")
+    group.add_argument("--steps", type=int)
+    group.add_argument("--seeds", type=int)
+    group.add_argument("--d-model", type=int)
+    group.add_argument("--layers", type=int)
     args = ap.parse_args(argv)
+    over = dict(steps=args.steps, seeds=args.seeds, d_model=args.d_model, layers=args.layers)
     names = [n.strip() for n in args.experiments.split(",") if n.strip()]
     bad = [n for n in names if n not in EXPERIMENTS]
     if bad:
@@ -352,7 +736,7 @@ def main(argv=None):
     results = {}
     for n in names:
         start = time.perf_counter()
-        rows, draw = EXPERIMENTS[n](args.quick)
+        rows, draw = EXPERIMENTS[n](args.quick, out=out, **over)
         results[n] = rows
         (out / f"{n}.json").write_text(json.dumps(rows, indent=1, default=float))
         png = _plot(out / f"{n}.png", draw)

@@ -76,9 +76,14 @@ def evaluation_params(name, params, state):
     return optclip.ingd_iterate(params, state) if name == "stochastic_ingd" else params
 
 
-def train(name, data, epochs, batch, seed):
+def train(name, data, epochs, batch, seed, tx=None):
+    """Per-epoch (train accuracy, test accuracy, train cross-entropy) at the evaluation params.
+
+    ``tx`` overrides the optimizer's default settings (``name`` still decides how the
+    evaluation params are read from the state).
+    """
     (xtr, ytr), (xte, yte) = data
-    tx = OPTIMIZERS[name]()
+    tx = tx if tx is not None else OPTIMIZERS[name]()
     params = init_mlp(jax.random.key(seed))
     state = tx.init(params)
 
@@ -96,7 +101,7 @@ def train(name, data, epochs, batch, seed):
             idx = perm[i : i + batch]
             params, state = step(params, state, xtr[idx], ytr[idx])
         ev = evaluation_params(name, params, state)
-        curve.append((accuracy(ev, xtr, ytr), accuracy(ev, xte, yte)))
+        curve.append((accuracy(ev, xtr, ytr), accuracy(ev, xte, yte), float(loss_fn(ev, xtr, ytr))))
     return curve
 
 
@@ -134,7 +139,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, runs in curves.items():
-        arr = np.array(runs)  # seeds x epochs x 2
+        arr = np.array(runs)  # seeds x epochs x (train acc, test acc, train loss)
         for i, label in enumerate(("train accuracy", "test accuracy")):
             axes[i].plot(np.arange(1, args.epochs + 1), arr[:, :, i].mean(0), label=name)
             axes[i].set_xlabel("epoch")

@@ -21,20 +21,25 @@ Smaller indices mean heavier tails: where they are well below 2, clipping
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from optclip import charlm
 from optclip import diagnostics as D
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def noise_samples(loss_fn, params, batches, key):
-    """Noise norms and noise projected on one random unit direction, per minibatch."""
+    """Noise norms and noise projected on one random unit direction, per minibatch.
+
+    Jitted (one compilation per loss function), so measuring the same model at
+    several points of training compiles once.
+    """
     grad = jax.grad(loss_fn)
     n = jax.tree.leaves(batches)[0].shape[0]
     mean = _mean_grad(grad, params, batches, n)
@@ -50,7 +55,7 @@ def noise_samples(loss_fn, params, batches, key):
         batches,
         batch_size=8,
     )
-    return np.asarray(norms), np.asarray(proj)
+    return norms, proj
 
 
 def _mean_grad(grad, params, batches, n):

@@ -68,4 +68,34 @@ def test_reproduce_quick_mode(tmp_path):
     assert gd[-1] > 3 * gd[0]  # fixed-step GD needs more iterations as M grows
     assert (tmp_path / "e1.json").exists() and (tmp_path / "e3.json").exists()
     e7 = {r["name"]: r for r in results["e7"]}
-    assert len(e7) == 5 and all(np.isfinite(r["clean"]) for r in e7.values())
+    assert len(e7) == len(module.E4_OPTIMIZERS)
+    assert all(np.isfinite(r["clean"]) for r in e7.values())
+
+
+def test_reproduce_quick_mode_transformer_noise_and_nonsmooth(tmp_path):
+    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "benchmarks" / "reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = module.main(["--quick", "--experiments", "e4,e5,e6", "--out", str(tmp_path)])
+    e4 = {r["name"]: r for r in results["e4"]}
+    assert set(e4) == set(module.E4_OPTIMIZERS)
+    for name, r in e4.items():
+        # 20 steps of a tiny model from ln(128) = 4.85: every optimizer has started to learn.
+        assert np.isfinite(r["mean"]) and r["mean"] < 4.85, name
+        assert (r["clip_fraction"] is not None) == name.startswith("acclip")
+    assert 0.0 <= e4["acclip"]["clip_fraction"] <= 1.0
+    e5 = results["e5"]
+    measured = [r for r in e5 if r["step"] is not None]
+    assert {r["model"].split(" (")[0] for r in measured} == {"char transformer", "MLP on digits"}
+    for r in measured:
+        assert r["hill"] > 0 and 0.3 < r["stable"] < 6
+    # Training lowers the loss the noise is measured on.
+    for model in {r["model"] for r in measured}:
+        losses = [r["loss"] for r in measured if r["model"] == model]
+        assert losses[-1] < losses[0], model
+    e6 = {r["name"]: r for r in results["e6"]}
+    assert set(e6) == {"stochastic_ingd", "sgd_momentum", "adam"}
+    for r in e6.values():
+        assert r["test_acc"] > 0.6  # two epochs on digits beat chance (0.1) by far
+    for name in ("e4", "e5", "e6"):
+        assert (tmp_path / f"{name}.json").exists()
