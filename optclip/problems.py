@@ -20,6 +20,7 @@ from optclip.diagnostics import symmetric_alpha_stable
 
 __all__ = [
     "Problem",
+    "student_t",
     "heavy_tailed_noise",
     "heavy_tailed_quadratic",
     "coordinate_noise_quadratic",
@@ -49,6 +50,26 @@ class Problem(NamedTuple):
     info: dict
 
 
+def student_t(key: jax.Array, df: float, shape) -> jax.Array:
+    r"""Student-t(``df``) samples by Bailey's polar method, without rejection.
+
+    For ``(u, v)`` uniform on the unit disc and ``w = u^2 + v^2``,
+    ``u sqrt(df (w^(-2/df) - 1) / w)`` is Student-t distributed (Bailey, 1994,
+    Math. Comp. 62). Drawing the point in polar form, ``w`` uniform on ``(0, 1]``
+    and angle ``theta`` uniform, this is ``cos(theta) sqrt(df (w^(-2/df) - 1))``:
+    two uniforms per sample, where :func:`jax.random.t` runs a gamma rejection
+    sampler (about 50x slower on CPU). float32 uniforms put ``w >= 2^-23``, so
+    samples stop at about ``sqrt(df) 2^(23/df)`` (5e4 for ``df = 1.5``), a tail
+    of probability ~1e-7.
+    """
+    if not df > 0:
+        raise ValueError(f"`df` must be > 0, got {df}.")
+    k1, k2 = jax.random.split(key)
+    w = 1.0 - jax.random.uniform(k1, tuple(shape), jnp.float32)  # (0, 1]
+    theta = jax.random.uniform(k2, tuple(shape), jnp.float32, 0.0, 2.0 * np.pi)
+    return jnp.cos(theta) * jnp.sqrt(df * (w ** (-2.0 / df) - 1.0))
+
+
 def heavy_tailed_noise(key: jax.Array, shape, kind: str = "student_t", index: float = 1.5):
     r"""Zero-mean symmetric heavy-tailed noise.
 
@@ -60,7 +81,7 @@ def heavy_tailed_noise(key: jax.Array, shape, kind: str = "student_t", index: fl
     if kind == "student_t":
         if index <= 1:
             raise ValueError(f"`index` (degrees of freedom) must be > 1 for a mean, got {index}.")
-        return jax.random.t(key, index, shape)
+        return student_t(key, index, shape)
     if kind == "pareto":
         if index <= 1:
             raise ValueError(f"`index` must be > 1 for a mean, got {index}.")
@@ -125,7 +146,7 @@ def coordinate_noise_quadratic(
         return 0.5 * jnp.sum((x - a) ** 2)
 
     def grad(x, key):
-        return (x - a) + B * jax.random.t(key, df, x.shape)
+        return (x - a) + B * student_t(key, df, x.shape)
 
     return Problem(f, grad, jnp.zeros(dim), a, 0.0, dict(B=B, df=df))
 

@@ -59,16 +59,18 @@ def test_reproduce_quick_mode(tmp_path):
     spec = importlib.util.spec_from_file_location("reproduce", ROOT / "benchmarks" / "reproduce.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    results = module.main(["--quick", "--experiments", "e1,e3,e7", "--out", str(tmp_path)])
+    results = module.main(["--quick", "--experiments", "e1,e2,e3,e7", "--out", str(tmp_path)])
     e1 = {r["alpha"]: r for r in results["e1"]}
     # GClip's averaged error decreases (a negative fitted slope) for every alpha.
     assert all(r["slope"] < -0.2 for r in e1.values())
+    ratios = [r["ratio"] for r in results["e2"]]  # GClip / CClip error for d = 10, 100, 1000
+    assert ratios[-1] > 1.5 * ratios[0]  # CClip's advantage grows with the dimension
     e3 = results["e3"]
     gd = [r["gd (best fixed step)"] for r in e3]
     assert gd[-1] > 3 * gd[0]  # fixed-step GD needs more iterations as M grows
     assert (tmp_path / "e1.json").exists() and (tmp_path / "e3.json").exists()
     e7 = {r["name"]: r for r in results["e7"]}
-    assert len(e7) == len(module.E4_OPTIMIZERS)
+    assert len(e7) == len(module.E4_OPTIMIZERS) + len(module.E7_EXTRA)
     assert all(np.isfinite(r["clean"]) for r in e7.values())
 
 
