@@ -1,6 +1,6 @@
 """ACClip at SGD's and at Adam's learning-rate scale, and what the initial threshold does.
 
-Trains the small character transformer of ``optclip/charlm.py`` (text from
+Trains the small character transformer of ``optclip/demo/charlm.py`` (text from
 the standard library's own sources) with SGD-momentum, Adam, the printed ACClip
 rule (``initial_threshold`` 0, 1 and the default: seeded from the first
 gradient) and the RMS-scaled ACClip (``alpha`` 1 and 2). Each optimizer gets a
@@ -29,7 +29,8 @@ import optax
 from tqdm import tqdm
 
 import optclip
-from optclip import charlm
+from optclip._plotting import available, pyplot, save
+from optclip.demo import charlm
 
 SGD_GRID = (3.0, 1.0, 0.3)
 ADAM_GRID = (1e-2, 3e-3, 1e-3)
@@ -125,14 +126,9 @@ def format_table(table) -> str:
 
 
 def plot(results, table, path):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    if not available():
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    fig, axes = pyplot().subplots(1, 2, figsize=(13, 4.5))
     order = sorted((t for t in table if np.isfinite(t["mean"])), key=lambda t: t["mean"])
     axes[0].barh(
         [t["name"] for t in order],
@@ -152,9 +148,7 @@ def plot(results, table, path):
     axes[1].set_ylabel("fraction of coordinates clipped")
     axes[1].set_yscale("symlog", linthresh=1e-3)
     axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return str(path)
+    return str(save(fig, path))
 
 
 def main(argv=None):

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import optax
 
 import optclip
+from optclip._plotting import available, pyplot, save
 
 LR = 1e-3
 AXPY = "x*a+b"
@@ -260,15 +261,10 @@ def print_table(title, rows):
 
 
 def plot(results, path):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    if not available():
         print("matplotlib not installed: no plot")
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    fig, axes = pyplot().subplots(1, 2, figsize=(13, 4.5))
     rows = results["one_leaf"]
     names = list(rows)
     axes[0].barh(names, [rows[k]["median_ms"] for k in names], color="tab:blue")
@@ -285,9 +281,7 @@ def plot(results, path):
     axes[1].set_ylabel("ns per parameter")
     axes[1].legend()
     axes[1].set_title("flat = linear cost")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return str(path)
+    return str(save(fig, path))
 
 
 def main(argv=None):

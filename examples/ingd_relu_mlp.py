@@ -27,6 +27,7 @@ import numpy as np
 import optax
 
 import optclip
+from optclip._plotting import available, pyplot, save
 
 
 def load_digits(seed: int = 0):
@@ -128,16 +129,9 @@ def main(argv=None):
         te = np.array([r[-1][1] for r in runs])
         print(f"{name:<18}{tr.mean():>9.4f} ± {tr.std():.4f}{te.mean():>9.4f} ± {te.std():.4f}")
     print(f"({time.perf_counter() - start:.0f}s)")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    if not available():
         return curves
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = pyplot().subplots(1, 2, figsize=(11, 4))
     for name, runs in curves.items():
         arr = np.array(runs)  # seeds x epochs x (train acc, test acc, train loss)
         for i, label in enumerate(("train accuracy", "test accuracy")):
@@ -145,9 +139,7 @@ def main(argv=None):
             axes[i].set_xlabel("epoch")
             axes[i].set_ylabel(label)
     axes[1].legend()
-    fig.tight_layout()
-    fig.savefig(out / "ingd_relu_mlp.png", dpi=110)
-    print(f"saved {out / 'ingd_relu_mlp.png'}")
+    print(f"saved {save(fig, Path(args.out) / 'ingd_relu_mlp.png')}")
     return curves
 
 

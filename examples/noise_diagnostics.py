@@ -29,8 +29,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optclip import charlm
 from optclip import diagnostics as D
+from optclip._plotting import available, pyplot, save
+from optclip.demo import charlm
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -146,22 +147,13 @@ def main(argv=None):
             "the heavier it is, the more clipping helps."
         )
     print(f"({time.perf_counter() - start:.0f}s)")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    if not available():
         return rows
-    fig, axes = plt.subplots(1, len(rows), figsize=(11, 4))
+    fig, axes = pyplot().subplots(1, len(rows), figsize=(11, 4))
     for ax, (name, r) in zip(axes, rows.items(), strict=True):
         D.plot_noise_histogram(r["norms"], dim=100, alpha=min(max(r["stable"], 0.5), 2.0), ax=ax)
         ax.set_title(f"{name}: alpha ~ {r['stable']:.2f}")
-    fig.tight_layout()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / "noise_diagnostics.png", dpi=110)
-    print(f"saved {out / 'noise_diagnostics.png'}")
+    print(f"saved {save(fig, Path(args.out) / 'noise_diagnostics.png')}")
     return rows
 
 

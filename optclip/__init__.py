@@ -7,6 +7,12 @@ to be combined with :func:`optax.chain`.
 """
 
 from optclip import diagnostics, problems, theory
+from optclip._acclip import ScaleByACClipState, scale_by_acclip
+from optclip._acclip_threshold import (
+    AlphaMomentThresholdState,
+    alpha_moment_update,
+    estimate_alpha_moment_threshold,
+)
 from optclip._alias import (
     acclip,
     cclip,
@@ -17,34 +23,11 @@ from optclip._alias import (
     normalized_gd,
     normalized_momentum_sgd,
 )
-from optclip._clipping import (
-    AlphaMomentThresholdState,
-    ClipByGlobalNormState,
-    ClipCoordinatewiseState,
-    EmaMomentumState,
-    ScaleByACClipState,
-    alpha_moment_update,
-    clip_by_global_norm,
-    clip_coordinatewise,
-    clip_fraction,
-    coordinate_clip,
-    ema_momentum,
-    ema_update,
-    estimate_alpha_moment_threshold,
-    scale_by_acclip,
-)
+from optclip._coordinate_clip import ClipCoordinatewiseState, clip_coordinatewise, coordinate_clip
 from optclip._equivalence import ClippingEquivalent, adam_as_clipping
-from optclip._ingd import (
-    IngdResult,
-    IngdStatus,
-    StochasticIngdState,
-    ingd,
-    ingd_iterate,
-    ingd_oracle_bound,
-    ingd_output_index,
-    scale_by_stochastic_ingd,
-    stochastic_ingd,
-)
+from optclip._global_clip import ClipByGlobalNormState, clip_by_global_norm
+from optclip._ingd import IngdResult, IngdStatus, ingd, ingd_oracle_bound
+from optclip._momentum import EmaMomentumState, ema_momentum, ema_update
 from optclip._normalize import (
     NormalizeByGlobalNormState,
     ScaleByClipMomentumState,
@@ -58,11 +41,18 @@ from optclip._sign import (
     scale_by_generalized_sign,
     scale_by_sign,
 )
-
-__version__ = "0.1.0"
+from optclip._statistics import clip_fraction
+from optclip._stochastic_ingd import (
+    StochasticIngdState,
+    ingd_iterate,
+    ingd_output_index,
+    scale_by_stochastic_ingd,
+    stochastic_ingd,
+)
+from optclip._version import __version__ as __version__
 
 __all__ = [
-    # Submodule: measurement tools (noise tails, smoothness, sharpness, monitor).
+    # Submodule: measurement tools (noise tails, smoothness, sharpness, statistics).
     "diagnostics",
     # Submodule: hyperparameters from the theorems, and the weighted iterate average.
     "theory",

@@ -1,69 +1,63 @@
-"""Full optimizers: a direction, optional decoupled weight decay, and a learning rate.
+"""Full optimizers: a direction, decoupled weight decay, and a learning rate.
 
-Each is ``optax.chain(direction, optax.add_decayed_weights(wd, mask),
-optax.scale_by_learning_rate(lr))``: the weight decay is decoupled (added to
-the direction, then scaled by the learning rate, as in AdamW) and is left out
-of the chain when it is the number 0, so ``update`` then needs no params.
+Each is ``optax.chain(direction, decay, optax.scale_by_learning_rate(lr))``
+where ``decay`` is :func:`optax.add_decayed_weights` (decoupled, as in AdamW:
+added to the direction, then scaled by the learning rate), or a stateless
+identity when ``weight_decay`` is a concrete zero, so ``update`` then needs no
+params. Both links have the same (empty) state, so the state's structure never
+depends on the decay's value (``optax.inject_hyperparams`` may pass it traced).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
+import jax
 import jax.numpy as jnp
 import optax
 
 from optclip import _checks
-from optclip._clipping import (
-    Threshold,
-    clip_by_global_norm,
-    clip_coordinatewise,
-    ema_momentum,
-    scale_by_acclip,
-)
+from optclip._acclip import scale_by_acclip
+from optclip._coordinate_clip import clip_coordinatewise
+from optclip._global_clip import clip_by_global_norm
+from optclip._momentum import ema_momentum
 from optclip._normalize import normalize_by_global_norm, scale_by_clip_momentum
-from optclip._numerics import is_number
 from optclip._sign import scale_by_generalized_sign
-
-
-def _is_zero(x: Any) -> bool:
-    return is_number(x) and float(x) == 0.0
+from optclip._types import Mask, Scalar, Threshold
+from optclip._weight_decay import decoupled_weight_decay
 
 
 def _finish(
     direction: optax.GradientTransformation,
     learning_rate: optax.ScalarOrSchedule,
     weight_decay: optax.ScalarOrSchedule = 0.0,
-    mask: Any = None,
+    mask: Mask = None,
 ) -> optax.GradientTransformation:
     _checks.check_nonnegative("learning_rate", learning_rate)
-    _checks.check_nonnegative("weight_decay", weight_decay)
-    links = [direction]
-    if not _is_zero(weight_decay):
-        links.append(optax.add_decayed_weights(weight_decay, mask))
-    links.append(optax.scale_by_learning_rate(learning_rate))
-    return optax.chain(*links)
+    return optax.chain(
+        direction,
+        decoupled_weight_decay(weight_decay, mask),
+        optax.scale_by_learning_rate(learning_rate),
+    )
 
 
 def _with_momentum(
-    b1: Any, mu_dtype: Any, then: optax.GradientTransformation
+    b1: Scalar, mu_dtype: jax.typing.DTypeLike | None, then: optax.GradientTransformation
 ) -> optax.GradientTransformation:
     _checks.check_decay("b1", b1)
-    if _is_zero(b1):
+    if _checks.drops_state(b1):
         return then
     return optax.chain(ema_momentum(b1, mu_dtype), then)
 
 
 def acclip(
     learning_rate: optax.ScalarOrSchedule,
-    b1: Any = 0.9,
-    b2: Any = 0.99,
-    alpha: Any = 1.0,
-    eps: Any = 1e-5,
-    initial_threshold: Any = 0.0,
+    b1: Scalar = 0.9,
+    b2: Scalar = 0.99,
+    alpha: Scalar = 1.0,
+    eps: Scalar = 1e-5,
+    initial_threshold: Scalar | None = 0.0,
     weight_decay: optax.ScalarOrSchedule = 0.0,
-    mask: Any = None,
-    mu_dtype: Any = None,
+    mask: Mask = None,
+    mu_dtype: jax.typing.DTypeLike | None = None,
     *,
     rms_scale: bool = False,
 ) -> optax.GradientTransformation:
@@ -76,16 +70,14 @@ def acclip(
         x_k &= x_{k-1} - \eta \left[\min\left(\frac{\tau_k}{|m_k| + \epsilon}, 1\right) m_k
                + \lambda x_{k-1}\right]
 
-    Two forms, two learning-rate scales (measured on a 255k-parameter character
-    transformer, ``docs/acclip.md``):
+    Two forms, two learning-rate scales (``docs/acclip.md`` has the measurements):
 
     * ``acclip(3e-3, rms_scale=True)``: the clipped momentum divided by
       ``sqrt(v_k) + eps`` (``v`` an EMA of ``g^2``), a drop-in for Adam at
-      Adam's learning rates (best 3e-3 there, val loss 1.793 vs Adam's 1.802).
+      Adam's learning rates.
     * ``acclip(1.0)``: the printed rule moves each coordinate by at most
-      ``eta * tau_k``, an SGD-sized step, so its learning rates are SGD's
-      (best 1.0 there, val loss 2.02; already worse at 0.3, 2.19): at an Adam-sized
-      ``3e-3`` its steps are over 300 times smaller than at its best rate.
+      ``eta * tau_k``, an SGD-sized step, so its learning rates are SGD's: at
+      an Adam-sized learning rate its steps are hundreds of times too small.
 
     See :func:`scale_by_acclip`.
 
@@ -101,11 +93,11 @@ def acclip(
       alpha: moment order ``> 0`` (1 in the paper).
       eps: ``>= 0``.
       initial_threshold: ``tau_0 >= 0`` (default 0: the first ~100 steps are
-        clipped hard, which acted as a warm-up and measured best in both forms,
-        ``docs/acclip.md``), or ``None`` to seed ``tau_1 = |g_1|``.
-      weight_decay: decoupled weight decay ``lambda >= 0``.
+        clipped hard, which acts as a warm-up, ``docs/design.md``), or ``None``
+        to seed ``tau_1 = |g_1|``.
+      weight_decay: decoupled weight decay ``lambda >= 0`` (float or schedule).
       mask: which params get weight decay (as :func:`optax.add_decayed_weights`).
-      mu_dtype: dtype of the stored momentum.
+      mu_dtype: dtype of the stored momentum; float32 if ``None``.
       rms_scale: keyword-only; the Adam-scale RMS-scaled form.
 
     Returns:
@@ -135,10 +127,10 @@ def acclip(
 def gclip(
     learning_rate: optax.ScalarOrSchedule,
     threshold: Threshold,
-    b1: Any = 0.0,
+    b1: Scalar = 0.0,
     weight_decay: optax.ScalarOrSchedule = 0.0,
-    mask: Any = None,
-    mu_dtype: Any = None,
+    mask: Mask = None,
+    mu_dtype: jax.typing.DTypeLike | None = None,
 ) -> optax.GradientTransformation:
     r"""GClip: momentum, then global-norm clipping of the momentum.
 
@@ -153,8 +145,25 @@ def gclip(
 
     State: 4 bytes per parameter with momentum, 0 without (scalars aside).
 
+    Args:
+      learning_rate: ``eta``, a float or an optax schedule.
+      threshold: ``tau >= 0``, a float or a schedule of the step count.
+      b1: momentum decay in ``[0, 1)``; a Python or NumPy 0 keeps no momentum.
+      weight_decay: decoupled weight decay ``lambda >= 0`` (float or schedule).
+      mask: which params get weight decay (as :func:`optax.add_decayed_weights`).
+      mu_dtype: dtype of the stored momentum; float32 if ``None``.
+
+    Returns:
+      An :class:`optax.GradientTransformation`.
+
     References:
       Zhang et al., 2020, https://arxiv.org/abs/1912.03194, Algorithm 1.
+
+    Example:
+      >>> import jax.numpy as jnp, optclip
+      >>> tx = optclip.gclip(0.1, threshold=1.0, b1=0.9)
+      >>> params = {"w": jnp.ones(3)}
+      >>> updates, state = tx.update({"w": jnp.full(3, 100.0)}, tx.init(params), params)
     """
     return _finish(
         _with_momentum(b1, mu_dtype, clip_by_global_norm(threshold)),
@@ -167,10 +176,10 @@ def gclip(
 def cclip(
     learning_rate: optax.ScalarOrSchedule,
     threshold: Threshold,
-    b1: Any = 0.0,
+    b1: Scalar = 0.0,
     weight_decay: optax.ScalarOrSchedule = 0.0,
-    mask: Any = None,
-    mu_dtype: Any = None,
+    mask: Mask = None,
+    mu_dtype: jax.typing.DTypeLike | None = None,
     *,
     track_clip_fraction: bool = True,
 ) -> optax.GradientTransformation:
@@ -178,13 +187,32 @@ def cclip(
 
     .. math:: x_k = x_{k-1} - \eta_k \min\left(1, \frac{\tau_{k,i}}{|m_{k,i}|}\right) m_{k,i}
 
-    ``threshold`` is a float, a pytree matching the params, or a schedule.
     State: 4 bytes per parameter with momentum, 0 without.
-    ``track_clip_fraction=False`` skips the per-step count of clipped
-    coordinates (see :func:`clip_coordinatewise` for its cost).
+
+    Args:
+      learning_rate: ``eta``, a float or an optax schedule.
+      threshold: ``tau >= 0``: a float, a pytree matching the params (per leaf
+        or per element), or a schedule of the step count.
+      b1: momentum decay in ``[0, 1)``; a Python or NumPy 0 keeps no momentum.
+      weight_decay: decoupled weight decay ``lambda >= 0`` (float or schedule).
+      mask: which params get weight decay (as :func:`optax.add_decayed_weights`).
+      mu_dtype: dtype of the stored momentum; float32 if ``None``.
+      track_clip_fraction: keyword-only; ``False`` skips the per-step count of
+        clipped coordinates (see :func:`clip_coordinatewise` for its cost).
+
+    Returns:
+      An :class:`optax.GradientTransformation`.
 
     References:
       Zhang et al., 2020, https://arxiv.org/abs/1912.03194, eq. (CClip).
+
+    Example:
+      >>> import jax.numpy as jnp, optclip
+      >>> tx = optclip.cclip(0.1, threshold=0.5, b1=0.9)
+      >>> params = {"w": jnp.ones(3)}
+      >>> updates, state = tx.update({"w": jnp.ones(3)}, tx.init(params), params)
+      >>> float(optclip.clip_fraction(state))
+      0.0
     """
     return _finish(
         _with_momentum(
@@ -198,9 +226,9 @@ def cclip(
 
 def clipped_gd(
     learning_rate: optax.ScalarOrSchedule,
-    gamma: Any,
+    gamma: Scalar,
     weight_decay: optax.ScalarOrSchedule = 0.0,
-    mask: Any = None,
+    mask: Mask = None,
 ) -> optax.GradientTransformation:
     r"""Clipped gradient descent: ``x -= h g`` with ``h = min(eta, gamma * eta / ||g||)``.
 
@@ -212,8 +240,23 @@ def clipped_gd(
     Theorem 3). No state beyond scalars.
 
     Args:
-      learning_rate: ``eta``.
+      learning_rate: ``eta``, a float or an optax schedule.
       gamma: ``> 0``, the gradient-norm threshold.
+      weight_decay: decoupled weight decay ``lambda >= 0`` (float or schedule).
+      mask: which params get weight decay (as :func:`optax.add_decayed_weights`).
+
+    Returns:
+      An :class:`optax.GradientTransformation`.
+
+    References:
+      Zhang, He, Sra, Jadbabaie, 2020, https://arxiv.org/abs/1905.11881, §3.
+
+    Example:
+      >>> import jax.numpy as jnp, optclip
+      >>> tx = optclip.clipped_gd(0.1, gamma=1.0)
+      >>> u, _ = tx.update({"w": jnp.array([3.0, 4.0])}, tx.init({"w": jnp.zeros(2)}))
+      >>> [round(x, 4) for x in u["w"].tolist()]
+      [-0.06, -0.08]
     """
     _checks.check_positive("gamma", gamma)
     return _finish(clip_by_global_norm(gamma), learning_rate, weight_decay, mask)
@@ -221,9 +264,9 @@ def clipped_gd(
 
 def normalized_gd(
     learning_rate: optax.ScalarOrSchedule,
-    beta: Any,
+    beta: Scalar,
     weight_decay: optax.ScalarOrSchedule = 0.0,
-    mask: Any = None,
+    mask: Mask = None,
 ) -> optax.GradientTransformation:
     r"""Normalized gradient descent: ``x -= eta / (||g|| + beta) * g``.
 
@@ -231,8 +274,23 @@ def normalized_gd(
     ``eta_c = eta_n / beta`` (Zhang et al., 2020b, §3.1). No state beyond scalars.
 
     Args:
-      learning_rate: ``eta``.
+      learning_rate: ``eta``, a float or an optax schedule.
       beta: ``> 0``.
+      weight_decay: decoupled weight decay ``lambda >= 0`` (float or schedule).
+      mask: which params get weight decay (as :func:`optax.add_decayed_weights`).
+
+    Returns:
+      An :class:`optax.GradientTransformation`.
+
+    References:
+      Zhang, He, Sra, Jadbabaie, 2020, https://arxiv.org/abs/1905.11881, §3.1.
+
+    Example:
+      >>> import jax.numpy as jnp, optclip
+      >>> tx = optclip.normalized_gd(1.0, beta=1.0)
+      >>> u, _ = tx.update({"w": jnp.array([3.0, 4.0])}, tx.init({"w": jnp.zeros(2)}))
+      >>> [round(x, 4) for x in u["w"].tolist()]
+      [-0.5, -0.6667]
     """
     _checks.check_positive("beta", beta)
     return _finish(normalize_by_global_norm(beta), learning_rate, weight_decay, mask)
@@ -240,15 +298,35 @@ def normalized_gd(
 
 def normalized_momentum_sgd(
     learning_rate: optax.ScalarOrSchedule,
-    b1: Any = 0.9,
+    b1: Scalar = 0.9,
     weight_decay: optax.ScalarOrSchedule = 0.0,
-    mask: Any = None,
-    mu_dtype: Any = None,
+    mask: Mask = None,
+    mu_dtype: jax.typing.DTypeLike | None = None,
 ) -> optax.GradientTransformation:
     r"""Normalized SGD with momentum: ``m = b1 m + (1 - b1) g``, ``x -= eta m / ||m||``.
 
     The baseline of Crawshaw et al. (2022), after Jin et al. (2021). A zero
     momentum gives a zero step. State: 4 bytes per parameter.
+
+    Args:
+      learning_rate: ``eta``, a float or an optax schedule.
+      b1: momentum decay in ``[0, 1)``.
+      weight_decay: decoupled weight decay ``lambda >= 0`` (float or schedule).
+      mask: which params get weight decay (as :func:`optax.add_decayed_weights`).
+      mu_dtype: dtype of the stored momentum; float32 if ``None``.
+
+    Returns:
+      An :class:`optax.GradientTransformation`.
+
+    References:
+      Crawshaw et al., 2022, https://arxiv.org/abs/2208.11195 (its baseline).
+
+    Example:
+      >>> import jax.numpy as jnp, optclip
+      >>> tx = optclip.normalized_momentum_sgd(0.1)
+      >>> u, _ = tx.update({"w": jnp.array([3.0, 4.0])}, tx.init({"w": jnp.zeros(2)}))
+      >>> [round(x, 4) for x in u["w"].tolist()]
+      [-0.06, -0.08]
     """
     _checks.check_decay("b1", b1)
     return _finish(
@@ -261,12 +339,12 @@ def normalized_momentum_sgd(
 
 def clip_momentum_sgd(
     learning_rate: optax.ScalarOrSchedule,
-    gamma: Any,
-    b1: Any = 0.9,
-    nu: Any = 1.0,
+    gamma: Scalar,
+    b1: Scalar = 0.9,
+    nu: Scalar = 1.0,
     weight_decay: optax.ScalarOrSchedule = 0.0,
-    mask: Any = None,
-    mu_dtype: Any = None,
+    mask: Mask = None,
+    mu_dtype: jax.typing.DTypeLike | None = None,
 ) -> optax.GradientTransformation:
     r"""SGDClipGrad / SGDClipMomentum (Zhang, Jin, Fang, Wang, 2020, Algorithm 1).
 
@@ -282,10 +360,26 @@ def clip_momentum_sgd(
     State: 4 bytes per parameter.
 
     Args:
-      learning_rate: ``eta``.
+      learning_rate: ``eta``, a float or an optax schedule.
       gamma: ``> 0``.
       b1: momentum decay in ``[0, 1)``.
       nu: in ``[0, 1]``.
+      weight_decay: decoupled weight decay ``lambda >= 0`` (float or schedule).
+      mask: which params get weight decay (as :func:`optax.add_decayed_weights`).
+      mu_dtype: dtype of the stored momentum; float32 if ``None``.
+
+    Returns:
+      An :class:`optax.GradientTransformation`.
+
+    References:
+      Zhang, Jin, Fang, Wang, 2020, https://arxiv.org/abs/2010.02519, Algorithm 1.
+
+    Example:
+      >>> import jax.numpy as jnp, optclip
+      >>> tx = optclip.clip_momentum_sgd(0.1, gamma=0.05, b1=0.0)
+      >>> u, _ = tx.update({"w": jnp.array([3.0, 4.0])}, tx.init({"w": jnp.zeros(2)}))
+      >>> [round(x, 4) for x in u["w"].tolist()]
+      [-0.03, -0.04]
     """
     _checks.check_positive("gamma", gamma)
 
@@ -304,12 +398,12 @@ def clip_momentum_sgd(
 
 def generalized_signsgd(
     learning_rate: optax.ScalarOrSchedule,
-    b1: Any = 0.9,
-    b2: Any = 0.99,
-    eps: Any = 0.0,
+    b1: Scalar = 0.9,
+    b2: Scalar = 0.99,
+    eps: Scalar = 0.0,
     weight_decay: optax.ScalarOrSchedule = 0.0,
-    mask: Any = None,
-    mu_dtype: Any = None,
+    mask: Mask = None,
+    mu_dtype: jax.typing.DTypeLike | None = None,
 ) -> optax.GradientTransformation:
     r"""Generalized SignSGD (Crawshaw et al., 2022, Algorithm 1).
 
@@ -325,8 +419,25 @@ def generalized_signsgd(
     Args:
       learning_rate: ``eta`` (Adam-sized: the direction has unit scale).
       b1: momentum decay in ``[0, 1)``.
-      b2: in ``[0, 1)``.
+      b2: in ``[0, 1)``; a Python or NumPy 0 (with ``eps = 0``) is Signum,
+        which keeps no second-moment state.
       eps: ``>= 0`` added to ``sqrt(v)``; 0 as in the paper, with ``0/0 = 0``.
+      weight_decay: decoupled weight decay ``lambda >= 0`` (float or schedule).
+      mask: which params get weight decay (as :func:`optax.add_decayed_weights`).
+      mu_dtype: dtype of the stored momentum; float32 if ``None``.
+
+    Returns:
+      An :class:`optax.GradientTransformation`.
+
+    References:
+      Crawshaw, Liu, Orabona, Zhang, Zhuang, 2022, https://arxiv.org/abs/2208.11195.
+
+    Example:
+      >>> import jax.numpy as jnp, optclip
+      >>> tx = optclip.generalized_signsgd(0.1, b2=0.0)
+      >>> u, _ = tx.update({"w": jnp.array([3.0, -4.0])}, tx.init({"w": jnp.zeros(2)}))
+      >>> [round(x, 4) for x in u["w"].tolist()]
+      [-0.1, 0.1]
     """
     return _finish(
         scale_by_generalized_sign(b1, b2, eps, mu_dtype), learning_rate, weight_decay, mask

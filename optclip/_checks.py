@@ -1,18 +1,59 @@
-"""Eager validation of hyperparameters.
+"""Validation of hyperparameters, and what counts as a statically known value.
 
-Checks run only on values we can see at construction time (Python and NumPy
-scalars). Arrays and tracers, as :func:`optax.inject_hyperparams` passes them,
-go through unchecked: Python control flow on a traced value would fail.
+A check runs wherever the value is concrete: Python and NumPy numbers, and
+0-d jax arrays that are not traced. That covers the factory call, and
+``init``/``update`` under :func:`optax.inject_hyperparams` outside ``jit``
+(it rebuilds the transform from its hyperparameters there). A traced value
+passes unchecked: Python control flow on it would fail under ``jit``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+import numbers
 
+import jax
 import numpy as np
 
-from optclip._numerics import is_number
+
+def static_value(x: object) -> float | None:
+    """The value of a concrete real scalar, or ``None`` if it is not one.
+
+    Python and NumPy real numbers (not ``bool``) and 0-d real arrays that are
+    not traced count; anything else (a tracer, a schedule, a pytree, a string)
+    gives ``None``.
+    """
+    if isinstance(x, bool | np.bool_):
+        return None
+    if isinstance(x, numbers.Real):
+        return float(x)
+    if isinstance(x, jax.core.Tracer):
+        return None
+    if isinstance(x, np.generic | np.ndarray | jax.Array) and np.ndim(x) == 0:
+        if np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer):
+            return float(np.asarray(x))
+    return None
+
+
+def is_static_zero(x: object) -> bool:
+    """True when ``x`` is a concrete zero in any numeric form (Python, NumPy, 0-d jax)."""
+    return static_value(x) == 0.0
+
+
+def fixes_state_shape(x: object) -> bool:
+    """True for a Python or NumPy number: a value that may decide the state's structure.
+
+    :func:`optax.inject_hyperparams` turns every numeric hyperparameter into a
+    jax array that is concrete in ``init`` but traced in a jitted ``update``,
+    so a decision that adds or drops a state leaf may rest only on values that
+    no wrapper can turn into arrays.
+    """
+    return not isinstance(x, jax.Array) and static_value(x) is not None
+
+
+def drops_state(x: object) -> bool:
+    """``x`` is a Python or NumPy zero, so the state for it can be left out."""
+    return fixes_state_shape(x) and is_static_zero(x)
 
 
 def _describe(lo: float, hi: float, lo_open: bool, hi_open: bool) -> str:
@@ -23,7 +64,7 @@ def _describe(lo: float, hi: float, lo_open: bool, hi_open: bool) -> str:
 
 def check_range(
     name: str,
-    value: Any,
+    value: object,
     lo: float = -math.inf,
     hi: float = math.inf,
     *,
@@ -31,9 +72,9 @@ def check_range(
     hi_open: bool = False,
 ) -> None:
     """Raises ``ValueError`` naming ``name`` if a concrete ``value`` is outside the range."""
-    if not is_number(value):
+    v = static_value(value)
+    if v is None:
         return
-    v = float(value)
     ok = not math.isnan(v)
     ok = ok and (v > lo if lo_open else v >= lo)
     ok = ok and (v < hi if hi_open else v <= hi)
@@ -43,28 +84,47 @@ def check_range(
         )
 
 
-def check_decay(name: str, value: Any) -> None:
+def check_decay(name: str, value: object) -> None:
     check_range(name, value, 0.0, 1.0, hi_open=True)
 
 
-def check_positive(name: str, value: Any) -> None:
+def check_positive(name: str, value: object) -> None:
     check_range(name, value, 0.0, math.inf, lo_open=True, hi_open=True)
 
 
-def check_nonnegative(name: str, value: Any) -> None:
+def check_nonnegative(name: str, value: object) -> None:
     check_range(name, value, 0.0, math.inf, hi_open=True)
 
 
-def check_threshold_leaves(name: str, threshold: Any) -> None:
+def check_threshold_leaves(name: str, threshold: object) -> None:
     """Thresholds: every concrete leaf finite and >= 0 (a schedule is not checked)."""
     if callable(threshold):
         return
-    import jax
-
     for leaf in jax.tree.leaves(threshold):
-        if is_number(leaf) or isinstance(leaf, np.ndarray):
+        if isinstance(leaf, jax.core.Tracer):
+            continue
+        if static_value(leaf) is not None or isinstance(leaf, np.ndarray | jax.Array):
             arr = np.asarray(leaf, dtype=np.float64)
             if not (np.all(np.isfinite(arr)) and np.all(arr >= 0)):
                 raise ValueError(
                     f"`{name}` must be finite and >= 0 (valid range [0, inf)), got {leaf!r}."
                 )
+
+
+def state_dtype(name: str, dtype: jax.typing.DTypeLike | None) -> np.dtype:
+    """The dtype to store a statistic in: float32 for ``None``, else a checked floating dtype."""
+    if dtype is None:
+        return np.dtype(np.float32)
+    try:
+        resolved = jax.numpy.dtype(dtype)
+    except TypeError as e:
+        raise TypeError(
+            f"`{name}` must be a floating dtype (e.g. jnp.bfloat16, 'float32') or None, "
+            f"got {dtype!r}."
+        ) from e
+    if not jax.numpy.issubdtype(resolved, jax.numpy.inexact):
+        raise TypeError(
+            f"`{name}` must be a floating dtype (e.g. jnp.bfloat16, 'float32') or None, "
+            f"got {dtype!r}."
+        )
+    return resolved

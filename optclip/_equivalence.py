@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 
 from optclip import _checks
+from optclip._types import Scalar
 
 
 class ClippingEquivalent(NamedTuple):
     """Step size ``eta_k`` and per-coordinate threshold ``tau_k`` of the clipping method."""
 
-    learning_rate: Any
-    threshold: Any
+    learning_rate: chex.ArrayTree
+    threshold: chex.ArrayTree
 
 
-def adam_as_clipping(learning_rate: Any, b2: Any, eps: Any, nu: Any) -> ClippingEquivalent:
+def adam_as_clipping(
+    learning_rate: Scalar, b2: Scalar, eps: Scalar, nu: chex.ArrayTree
+) -> ClippingEquivalent:
     r"""Maps an RMSProp state to the clipped-SGD step that matches it within a factor 2.
 
     RMSProp (Adam with ``b1 = 0``) with learning rate ``a`` takes the step
@@ -46,6 +50,15 @@ def adam_as_clipping(learning_rate: Any, b2: Any, eps: Any, nu: Any) -> Clipping
 
     Returns:
       :class:`ClippingEquivalent` with pytrees shaped like ``nu``.
+
+    References:
+      Zhang et al., 2020, https://arxiv.org/abs/1912.03194, §3.1.
+
+    Example:
+      >>> import jax.numpy as jnp, optclip
+      >>> eq = optclip.adam_as_clipping(1e-3, b2=0.99, eps=1e-8, nu={"w": jnp.ones(2)})
+      >>> eq.threshold["w"].shape
+      (2,)
     """
     _checks.check_positive("learning_rate", learning_rate)
     _checks.check_decay("b2", b2)

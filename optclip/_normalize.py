@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from optclip import _checks
-from optclip._clipping import Threshold, _state_dtype, _value, ema_update
+from optclip._momentum import ema_update
 from optclip._numerics import clip_factor, global_norm, safe_divide
+from optclip._types import Scalar, Threshold, at_step
 
 
 class NormalizeByGlobalNormState(NamedTuple):
@@ -19,7 +20,7 @@ class NormalizeByGlobalNormState(NamedTuple):
     norm: jax.Array
 
 
-def normalize_by_global_norm(beta: Any = 0.0) -> optax.GradientTransformation:
+def normalize_by_global_norm(beta: Scalar = 0.0) -> optax.GradientTransformation:
     r"""Divides the update by its global norm plus ``beta``.
 
     .. math:: \hat u = \frac{u}{\|u\| + \beta}
@@ -64,14 +65,17 @@ class ScaleByClipMomentumState(NamedTuple):
       gradient_norm: ``||g_t||`` before clipping.
     """
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # the field shadows tuple.count
     mu: optax.Updates
     momentum_norm: jax.Array
     gradient_norm: jax.Array
 
 
 def scale_by_clip_momentum(
-    threshold: Threshold, b1: Any = 0.9, nu: Any = 1.0, mu_dtype: Any = None
+    threshold: Threshold,
+    b1: Scalar = 0.9,
+    nu: Scalar = 1.0,
+    mu_dtype: jax.typing.DTypeLike | None = None,
 ) -> optax.GradientTransformation:
     r"""A ``nu``-mix of the clipped momentum and the clipped gradient.
 
@@ -99,7 +103,7 @@ def scale_by_clip_momentum(
     _checks.check_threshold_leaves("threshold", threshold)
     _checks.check_decay("b1", b1)
     _checks.check_range("nu", nu, 0.0, 1.0)
-    dtype = _state_dtype(mu_dtype)
+    dtype = _checks.state_dtype("mu_dtype", mu_dtype)
 
     def init_fn(params):
         return ScaleByClipMomentumState(
@@ -111,7 +115,7 @@ def scale_by_clip_momentum(
 
     def update_fn(updates, state, params=None):
         del params
-        tau = jnp.asarray(_value(threshold, state.count), jnp.float32)
+        tau = jnp.asarray(at_step(threshold, state.count), jnp.float32)
         mu = jax.tree.map(lambda g, m: ema_update(g, m, b1), updates, state.mu)
         m_norm, g_norm = global_norm(mu), global_norm(updates)
         m_factor = nu * clip_factor(m_norm, tau)

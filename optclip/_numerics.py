@@ -21,19 +21,20 @@ Every transform in optclip follows one rule (also in ``docs/numerics.md``):
 
 from __future__ import annotations
 
-import numbers
-from typing import Any
-
+import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
+import optax
+
+from optclip._checks import static_value
+from optclip._types import Scalar
 
 # Below this sum of squares, float32 squares of the entries may have flushed
 # to zero; the rescaled path gets the norm right there.
 _SMALL_SQUARED_NORM = 1e-30
 
 
-def _leaves(tree: Any) -> list[jax.Array]:
+def _leaves(tree: chex.ArrayTree) -> list[jax.Array]:
     return [jnp.asarray(x) for x in jax.tree.leaves(tree)]
 
 
@@ -45,7 +46,7 @@ def _rescaled_norm(leaves: list[jax.Array]) -> jax.Array:
     return safe * jnp.sqrt(ssq)
 
 
-def global_norm(tree: Any) -> jax.Array:
+def global_norm(tree: chex.ArrayTree) -> jax.Array:
     """Euclidean norm of all leaves of ``tree`` as a float32 scalar.
 
     The common case costs one fused read of the tree (a float32 sum of
@@ -53,6 +54,12 @@ def global_norm(tree: Any) -> jax.Array:
     ``lax.cond`` switches to a max-rescaled second pass, so the norm of any
     finite float32 tree is finite and accurate, and a tree holding NaN or inf
     has a non-finite norm.
+
+    Args:
+      tree: a pytree of arrays.
+
+    Returns:
+      A float32 scalar.
     """
     leaves = _leaves(tree)
     if not leaves:
@@ -62,15 +69,14 @@ def global_norm(tree: Any) -> jax.Array:
 
     def rescaled(leaves):
         # The barrier keeps XLA (on GPU) from turning the cond into a select that runs
-        # both branches: the rescaled pass needs the max first, which cost a second
-        # read of the tree on every step (GClip 1.17x optax's clip chain on an H100,
-        # 1.02x with the barrier; benchmarks/step_time.py).
+        # both branches: the rescaled pass needs the max first, a second read of the
+        # tree on every step (docs/performance.md has the measurement).
         return _rescaled_norm(jax.lax.optimization_barrier(leaves))
 
     return jax.lax.cond(fast, lambda leaves: jnp.sqrt(sq), rescaled, leaves)
 
 
-def clip_factor(norm: jax.Array, threshold: jax.Array) -> jax.Array:
+def clip_factor(norm: jax.typing.ArrayLike, threshold: jax.typing.ArrayLike) -> jax.Array:
     """``min(1, threshold / norm)`` with ``0/0 = 1`` and NaN kept.
 
     Element-wise, so it serves both a global norm and per-coordinate
@@ -78,6 +84,13 @@ def clip_factor(norm: jax.Array, threshold: jax.Array) -> jax.Array:
     norm is NaN the comparison is false and the factor is 1, so the NaN in the
     update itself survives. An infinite norm gives factor 0, and ``0 * inf``
     makes the update NaN (rule 1).
+
+    Args:
+      norm: a norm or magnitudes ``>= 0`` (or NaN/inf).
+      threshold: ``tau >= 0``, broadcastable to ``norm``.
+
+    Returns:
+      The factor, shaped like ``norm`` broadcast with ``threshold``.
     """
     norm = jnp.asarray(norm)
     threshold = jnp.asarray(threshold, dtype=jnp.result_type(norm, jnp.float32))
@@ -85,13 +98,14 @@ def clip_factor(norm: jax.Array, threshold: jax.Array) -> jax.Array:
     return jnp.where(clipped, threshold / jnp.where(clipped, norm, 1.0), 1.0)
 
 
-def safe_divide(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
+def safe_divide(numerator: jax.typing.ArrayLike, denominator: jax.typing.ArrayLike) -> jax.Array:
     """``numerator / denominator`` with ``x / 0 = 0`` for the 0/0 rule.
 
     Callers only divide by a denominator that is zero when the numerator is
     zero too (a norm or an RMS of the numerator), so ``x/0 -> 0`` is the 0/0
     rule. NaN in either argument still gives NaN.
     """
+    denominator = jnp.asarray(denominator)
     positive = denominator > 0
     return jnp.where(
         jnp.isnan(denominator),
@@ -100,18 +114,19 @@ def safe_divide(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
     )
 
 
-def power_mean(a: jax.Array, b: jax.Array, weight: Any, alpha: Any) -> jax.Array:
+def power_mean(a: jax.Array, b: jax.Array, weight: Scalar, alpha: Scalar) -> jax.Array:
     """``(weight * a^alpha + (1 - weight) * b^alpha)^(1/alpha)`` for ``a, b >= 0``.
 
     This is the alpha-moment EMA of ACClip written on the threshold itself
     instead of its alpha-th power, so a finite ``b`` (a gradient magnitude up
     to float32's maximum) can never overflow. ``alpha`` 1 and 2 are exact
-    special cases when given as Python numbers; other values, and traced ones
+    special cases when their value is known; other values, and traced ones
     (``optax.inject_hyperparams``), use a max-rescaled form.
     """
-    if is_number(alpha) and float(alpha) == 1.0:
-        return weight * a + (1.0 - weight) * b
-    if is_number(alpha) and float(alpha) == 2.0:
+    order = static_value(alpha)
+    if order == 1.0:
+        return jnp.asarray(weight * a + (1.0 - weight) * b)
+    if order == 2.0:
         return jnp.hypot(
             jnp.sqrt(jnp.asarray(weight, a.dtype)) * a,
             jnp.sqrt(jnp.asarray(1.0 - weight, b.dtype)) * b,
@@ -122,21 +137,10 @@ def power_mean(a: jax.Array, b: jax.Array, weight: Any, alpha: Any) -> jax.Array
     return s * inner ** (1.0 / alpha)
 
 
-def is_number(x: Any) -> bool:
-    """True for a Python or NumPy real scalar (not bool): a value we can check."""
-    if isinstance(x, bool | np.bool_):
-        return False
-    return isinstance(x, numbers.Real | np.generic) or (isinstance(x, np.ndarray) and x.ndim == 0)
-
-
-def tree_size(tree: Any) -> int:
-    return sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(tree))
-
-
-def fraction_true(tree_of_bools: Any) -> jax.Array:
+def fraction_true(tree_of_bools: chex.ArrayTree) -> jax.Array:
     """Fraction of True entries over all leaves, as a float32 scalar."""
     leaves = jax.tree.leaves(tree_of_bools)
-    total = tree_size(leaves)
+    total = optax.tree.size(leaves)
     if total == 0:
         return jnp.zeros((), jnp.float32)
     # An int32 count fuses with the comparison that produces the mask; a float32

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from optclip import _checks
-from optclip._clipping import ema_momentum
-from optclip._numerics import is_number, power_mean, safe_divide
+from optclip._momentum import ema_momentum
+from optclip._numerics import power_mean, safe_divide
+from optclip._types import Scalar
 
 
 def scale_by_sign() -> optax.GradientTransformation:
@@ -23,6 +24,13 @@ def scale_by_sign() -> optax.GradientTransformation:
 
     Returns:
       A stateless :class:`optax.GradientTransformation`.
+
+    Example:
+      >>> import jax.numpy as jnp, optclip
+      >>> tx = optclip.scale_by_sign()
+      >>> u, _ = tx.update({"w": jnp.array([-3.0, 0.0, 2.0])}, tx.init(None))
+      >>> u["w"].tolist()
+      [-1.0, 0.0, 1.0]
     """
 
     def update_fn(updates, state, params=None):
@@ -38,7 +46,9 @@ class RunningRmsState(NamedTuple):
     rms: optax.Updates
 
 
-def normalize_by_running_rms(decay: Any = 0.99, eps: Any = 0.0) -> optax.GradientTransformation:
+def normalize_by_running_rms(
+    decay: Scalar = 0.99, eps: Scalar = 0.0
+) -> optax.GradientTransformation:
     r"""Divides each coordinate by the running RMS of that coordinate, current step included.
 
     .. math::
@@ -83,7 +93,10 @@ def normalize_by_running_rms(decay: Any = 0.99, eps: Any = 0.0) -> optax.Gradien
 
 
 def scale_by_generalized_sign(
-    b1: Any = 0.9, b2: Any = 0.99, eps: Any = 0.0, mu_dtype: Any = None
+    b1: Scalar = 0.9,
+    b2: Scalar = 0.99,
+    eps: Scalar = 0.0,
+    mu_dtype: jax.typing.DTypeLike | None = None,
 ) -> optax.GradientTransformation:
     r"""Generalized SignSGD direction (Crawshaw et al., 2022, Algorithm 1).
 
@@ -116,6 +129,8 @@ def scale_by_generalized_sign(
     _checks.check_decay("b1", b1)
     _checks.check_decay("b2", b2)
     _checks.check_nonnegative("eps", eps)
-    if is_number(b2) and float(b2) == 0.0 and is_number(eps) and float(eps) == 0.0:
+    # Signum needs no second-moment state; only a Python or NumPy zero may drop it
+    # (docs/design.md, "Zero and the state's structure").
+    if _checks.drops_state(b2) and _checks.drops_state(eps):
         return optax.chain(ema_momentum(b1, mu_dtype), scale_by_sign())
     return optax.chain(ema_momentum(b1, mu_dtype), normalize_by_running_rms(b2, eps))

@@ -8,15 +8,15 @@ set). References: [000] Zhang et al. 2020; [001] Zhang's thesis.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from optclip import _checks
-from optclip.diagnostics import symmetric_alpha_stable
+from optclip._sampling import student_t, symmetric_alpha_stable
 
 __all__ = [
     "Problem",
@@ -42,41 +42,29 @@ class Problem(NamedTuple):
       info: constants of the problem (noise moments, smoothness, ...).
     """
 
-    f: Callable[[Any], jax.Array]
-    grad: Callable[[Any, jax.Array], Any]
+    f: Callable[[jax.Array], jax.Array]
+    grad: Callable[[jax.Array, jax.Array], jax.Array]
     x0: jax.Array
     x_star: jax.Array
     f_star: float
     info: dict
 
 
-def student_t(key: jax.Array, df: float, shape) -> jax.Array:
-    r"""Student-t(``df``) samples by Bailey's polar method, without rejection.
-
-    For ``(u, v)`` uniform on the unit disc and ``w = u^2 + v^2``,
-    ``u sqrt(df (w^(-2/df) - 1) / w)`` is Student-t distributed (Bailey, 1994,
-    Math. Comp. 62). Drawing the point in polar form, ``w`` uniform on ``(0, 1]``
-    and angle ``theta`` uniform, this is ``cos(theta) sqrt(df (w^(-2/df) - 1))``:
-    two uniforms per sample, where :func:`jax.random.t` runs a gamma rejection
-    sampler (about 50x slower on CPU). float32 uniforms put ``w >= 2^-23``, so
-    samples stop at about ``sqrt(df) 2^(23/df)`` (5e4 for ``df = 1.5``), a tail
-    of probability ~1e-7.
-    """
-    if not df > 0:
-        raise ValueError(f"`df` must be > 0, got {df}.")
-    k1, k2 = jax.random.split(key)
-    w = 1.0 - jax.random.uniform(k1, tuple(shape), jnp.float32)  # (0, 1]
-    theta = jax.random.uniform(k2, tuple(shape), jnp.float32, 0.0, 2.0 * np.pi)
-    return jnp.cos(theta) * jnp.sqrt(df * (w ** (-2.0 / df) - 1.0))
-
-
-def heavy_tailed_noise(key: jax.Array, shape, kind: str = "student_t", index: float = 1.5):
+def heavy_tailed_noise(
+    key: jax.Array, shape: Sequence[int], kind: str = "student_t", index: float = 1.5
+) -> jax.Array:
     r"""Zero-mean symmetric heavy-tailed noise.
 
     ``kind``: ``"student_t"`` (``index`` = degrees of freedom; infinite variance
     for ``index <= 2``), ``"pareto"`` (a random sign times a Pareto(``index``)
     variable, tail ``P(|X| > x) = x^-index`` for ``x >= 1``) or ``"stable"``
     (standard symmetric alpha-stable with ``alpha = index``).
+
+    Args:
+      key: a PRNG key.
+      shape: the output shape.
+      kind: ``"student_t"``, ``"pareto"`` or ``"stable"``.
+      index: degrees of freedom (Student-t), tail index (Pareto) or alpha (stable).
     """
     if kind == "student_t":
         if index <= 1:
@@ -109,6 +97,14 @@ def heavy_tailed_quadratic(
     ``mu``-strongly convex with minimiser ``a`` (drawn from the seed) and minimum
     0. With ``index <= 2`` the noise has infinite variance: SGD with any fixed step
     has unbounded expected error, GClip/CClip converge ([001] Remark 4.4.1).
+
+    Args:
+      dim: dimension.
+      mu: curvature ``> 0``.
+      noise: the noise kind of :func:`heavy_tailed_noise`.
+      index: the noise's index.
+      scale: the noise scale ``> 0``.
+      seed: seed of the minimiser.
     """
     _checks.check_positive("mu", mu)
     _checks.check_positive("scale", scale)
@@ -124,7 +120,7 @@ def heavy_tailed_quadratic(
 
 
 def coordinate_noise_quadratic(
-    dim: int = 100, B: Any = None, df: float = 1.5, seed: int = 0
+    dim: int = 100, B: jax.typing.ArrayLike | None = None, df: float = 1.5, seed: int = 0
 ) -> Problem:
     r"""A quadratic whose gradient noise has unequal coordinate scales ``B_i``.
 
@@ -132,6 +128,12 @@ def coordinate_noise_quadratic(
     few coordinates are very noisy (``B_i = 10`` for 5% of them) and the rest
     quiet (``B_i = 0.1``): the setting where CClip's ``||B||_2^2`` beats GClip's
     ``d ||B||_alpha^2`` ([000] Thm 3).
+
+    Args:
+      dim: dimension.
+      B: the coordinate scales ``B_i > 0``, shape ``(dim,)``; the default mix if ``None``.
+      df: the Student-t degrees of freedom.
+      seed: seed of the minimiser.
     """
     if B is None:
         b = np.full(dim, 0.1, np.float32)
@@ -160,6 +162,11 @@ def lower_bound_problem(alpha: float, epsilon: float, nu: int) -> Problem:
     epsilon)^(1/(alpha - 1))``. Unbiased with ``E|g|^alpha <= 1``; no algorithm can
     tell ``nu = 0`` from ``nu = 1`` fast enough to beat ``k^(-2(alpha-1)/alpha)``.
     Iterates should be projected onto ``[0, 1/2]`` (``info["interval"]``).
+
+    Args:
+      alpha: the tail index in ``(1, 2]``.
+      epsilon: the accuracy the family is built for, ``> 0``.
+      nu: the sign selecting the family member, ``+1`` or ``-1``.
     """
     if not 1 < alpha <= 2:
         raise ValueError(f"`alpha` must be in (1, 2], got {alpha}.")
@@ -191,6 +198,10 @@ def relaxed_smooth_polynomial(M: float, dim: int = 1) -> Problem:
     GD needs a step ``<= ~1/(M L1)`` and so iterations growing with ``M``; clipped
     and normalized GD do not ([001] Thm 3.4.1-3.4.3). Deterministic: ``grad``
     ignores its key. Minimiser 0, minimum 0.
+
+    Args:
+      M: the starting gradient norm ``> 0``.
+      dim: dimension.
     """
     _checks.check_positive("M", M)
     x0 = jnp.full((dim,), (M / np.sqrt(dim)) ** (1 / 3), jnp.float32)

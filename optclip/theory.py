@@ -18,6 +18,7 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -70,6 +71,11 @@ def gclip_strongly_convex(mu: float, G: float, alpha: float) -> Schedules:
     average of :func:`iterate_average`:
     ``E f(xbar_k) - f* = O(G^2 k^(-2(alpha - 1)/alpha) / mu)``.
 
+    Args:
+      mu: the strong-convexity constant ``> 0``.
+      G: the bound on the noise's alpha-moment, ``E|g|^alpha <= G^alpha``, ``> 0``.
+      alpha: the tail index in ``(1, 2]``.
+
     Example:
       >>> from optclip import theory
       >>> s = theory.gclip_strongly_convex(mu=1.0, G=2.0, alpha=1.5)
@@ -83,13 +89,18 @@ def gclip_strongly_convex(mu: float, G: float, alpha: float) -> Schedules:
     )
 
 
-def cclip_strongly_convex(mu: float, B: Any, alpha: float) -> Schedules:
+def cclip_strongly_convex(mu: float, B: float | chex.ArrayTree, alpha: float) -> Schedules:
     r"""CClip on a ``mu``-strongly convex function ([000] Thm 3; [001] Thm 4.5.1).
 
     ``tau_{k,i} = B_i k^(1/alpha)`` (the statements' ``k^(alpha-1)`` is the same typo as
     in :func:`gclip_strongly_convex`) and ``eta_k = 4/(mu (k+1))``, with ``B`` the
     coordinate-wise moments ``E|g_i|^alpha <= B_i^alpha``: a float, or a pytree of
     floats/arrays matching the params. Error ``16 ||B||_2^2 / (mu (k+1)^(2(alpha-1)/alpha))``.
+
+    Args:
+      mu: the strong-convexity constant ``> 0``.
+      B: per-coordinate alpha-moment bounds ``B_i > 0``: a float or a pytree matching the params.
+      alpha: the tail index in ``(1, 2]``.
     """
     _pos(mu=mu)
     _alpha(alpha)
@@ -123,8 +134,16 @@ def gclip_nonconvex(L: float, sigma: float, alpha: float, gap: float, steps: int
     L^((2alpha-2)/(3alpha-2))}`` and ``tau = sigma (eta L)^(-1/alpha)``, where
     ``E||g||^alpha <= sigma^alpha``. ``bound`` is the theorem's right-hand side for
     ``(1/K) sum_k E min(||grad f||, ||grad f||^2)``:
-    ``20 Delta max{4L/K, L (12 sigma)^(alpha/(alpha-1))/K, L^((2alpha-2)/(3alpha-2)) (Delta/(K sigma^2))^(2(alpha-1)/(3alpha-2))}``.
-    """  # noqa: E501
+    ``20 Delta max{4L/K, L (12 sigma)^(alpha/(alpha-1))/K,
+    L^((2alpha-2)/(3alpha-2)) (Delta/(K sigma^2))^(2(alpha-1)/(3alpha-2))}``.
+
+    Args:
+      L: the smoothness constant ``> 0``.
+      sigma: the noise's alpha-moment bound ``> 0``.
+      alpha: the tail index in ``(1, 2]``.
+      gap: ``Delta = f(x0) - inf f > 0``.
+      steps: ``K``, the number of steps.
+    """
     _pos(L=L, sigma=sigma, gap=gap, steps=steps)
     _alpha(alpha)
     a = alpha
@@ -163,6 +182,12 @@ def clipped_gd(L0: float, L1: float, gap: float, epsilon: float) -> Iterations:
     within ``20 L0 Delta / eps^2 + 20 max{1, L1^2} Delta / L0`` iterations, with no
     dependence on the gradient bound ``M``. Use as
     ``optclip.clipped_gd(r.learning_rate, r.gamma)``.
+
+    Args:
+      L0: ``> 0``.
+      L1: ``>= 0``.
+      gap: ``Delta = f(x0) - inf f > 0``.
+      epsilon: the target gradient norm ``> 0``.
     """
     _pos(L0=L0, L1=L1, gap=gap, epsilon=epsilon)
     eta = 1.0 / (10.0 * L0)
@@ -176,6 +201,13 @@ def fixed_step_gd(L0: float, L1: float, M: float, gap: float, epsilon: float) ->
 
     ``h = 1/(2 (M L1 + L0))`` with ``M`` a bound on ``||grad f||`` over the initial
     sublevel set; ``4 (M L1 + L0) Delta / eps^2`` iterations: linear in ``M``.
+
+    Args:
+      L0: ``> 0``.
+      L1: ``>= 0``.
+      M: the gradient-norm bound on the initial sublevel set, ``> 0``.
+      gap: ``Delta = f(x0) - inf f > 0``.
+      epsilon: the target gradient norm ``> 0``.
     """
     _pos(L0=L0, L1=L1, M=M, gap=gap, epsilon=epsilon)
     return Iterations(1.0 / (2.0 * (M * L1 + L0)), None, 4.0 * (M * L1 + L0) * gap / epsilon**2)
@@ -186,6 +218,12 @@ def fixed_step_gd_lower_bound(L1: float, M: float, gap: float, epsilon: float) -
 
     ``L1 M (Delta - 5 eps/8) / (8 eps^2 (log M + 1))`` (for ``L0, L1 >= 1``, ``M > 1``):
     it grows with ``M``, while :func:`clipped_gd`'s upper bound does not.
+
+    Args:
+      L1: ``>= 1``.
+      M: the gradient-norm bound, ``> 1``.
+      gap: ``Delta > 0``.
+      epsilon: the target gradient norm ``> 0``.
     """
     _pos(L1=L1, M=M, gap=gap, epsilon=epsilon)
     if M <= 1:
@@ -209,6 +247,14 @@ def stochastic_clipped_gd(
     ``eta = min{1/(20 L0), 1/(128 L1 tau), 1/sqrt(T)}`` and the step ``h = min{eta,
     1/(16 eta L1 (||g|| + tau))}`` (``step_size(grad_norm)``), within
     ``Delta max{128 L1/eps, 4 Delta/eps^4, (80 L0 + 512 L1 tau)/eps^2}`` iterations.
+
+    Args:
+      L0: ``> 0``.
+      L1: ``>= 0``.
+      tau: the almost-sure bound on the noise ``> 0``.
+      steps: the number of steps.
+      gap: ``Delta = f(x0) - inf f > 0``.
+      epsilon: the target gradient norm ``> 0``.
     """
     _pos(L0=L0, L1=L1, tau=tau, steps=steps, gap=gap, epsilon=epsilon)
     eta = min(1.0 / (20.0 * L0), 1.0 / (128.0 * L1 * tau), 1.0 / math.sqrt(steps))
@@ -239,6 +285,12 @@ def generalized_signsgd(L0_l1: float, sigma_l1: float, gap: float, steps: int) -
     smoothness and noise constants: ``a = min(sqrt(||L0||_1 Delta) / (||sigma||_1
     sqrt(T)), 1)``, ``b1 = 1 - a``, ``eta = sqrt(Delta) a / sqrt(||L0||_1 T)``. The
     theorem also needs ``sqrt(b2) < b1`` (``b2 = 0``, Signum, always qualifies).
+
+    Args:
+      L0_l1: ``||L0||_1 > 0``.
+      sigma_l1: ``||sigma||_1 >= 0``.
+      gap: ``Delta = f(x0) - inf f > 0``.
+      steps: ``T``, the number of steps.
     """
     _pos(L0_l1=L0_l1, sigma_l1=sigma_l1, gap=gap, steps=steps)
     a = min(math.sqrt(L0_l1 * gap) / (sigma_l1 * math.sqrt(steps)), 1.0)
@@ -263,6 +315,13 @@ def stochastic_ingd(L: float, sigma: float, gap: float, delta: float, epsilon: f
     lag of :func:`optclip.ingd_output_index`), and
     ``T = 2^16 G^3 Delta ln(16G/eps) / (eps^4 delta) max{1, G delta/(8 Delta)}`` steps.
     Use as ``optclip.stochastic_ingd(r.p, r.q, r.beta)``.
+
+    Args:
+      L: the Lipschitz constant ``> 0``.
+      sigma: the noise bound ``>= 0``.
+      gap: ``Delta = f(x0) - inf f > 0``.
+      delta: the radius of stationarity ``> 0``.
+      epsilon: the target norm ``> 0``.
     """
     _pos(L=L, gap=gap, delta=delta, epsilon=epsilon)
     if not (isinstance(sigma, int | float) and sigma >= 0):
@@ -289,7 +348,7 @@ class IterateAverageState(NamedTuple):
     """State of :func:`iterate_average`: the wrapped state, the step count and ``xbar_k``."""
 
     inner: Any
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # the field shadows tuple.count
     average: Any
 
 
@@ -302,6 +361,9 @@ def iterate_average(inner: optax.GradientTransformation) -> optax.GradientTransf
     ``xbar_k = xbar_{k-1} + 2/(k+1) (x_{k-1} - xbar_{k-1})``. Read it with
     :func:`averaged_params`, like :func:`optax.contrib.schedule_free_eval_params`.
     ``update`` needs ``params``.
+
+    Args:
+      inner: the optimizer whose iterates are averaged.
     """
 
     def init_fn(params):
@@ -327,10 +389,14 @@ def iterate_average(inner: optax.GradientTransformation) -> optax.GradientTransf
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def averaged_params(params: Any, state: Any) -> Any:
+def averaged_params(params: optax.Params, state: optax.OptState) -> optax.Params:
     """``xbar_k`` from an :func:`iterate_average` state anywhere in ``state``.
 
     Returned in ``params``' dtypes.
+
+    Args:
+      params: the current params (their dtypes are kept).
+      state: an optimizer state holding an :func:`iterate_average` state.
     """
     for leaf in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, IterateAverageState)):
         if isinstance(leaf, IterateAverageState):

@@ -29,8 +29,6 @@ class Case:
     kwargs: dict[str, Any]
     # The hyperparameter besides the learning rate that tests inject.
     main_hparam: str | None
-    # Per-coordinate bound on |update| / lr, as a function of the state, or None.
-    sgd_sized: bool = True
 
     def make(self, **overrides):
         return self.factory(**{**self.kwargs, **overrides})
@@ -52,7 +50,6 @@ CASES = [
         optclip.acclip,
         dict(learning_rate=0.01, rms_scale=True, initial_threshold=0.0),
         "b1",
-        False,
     ),
     Case(
         "acclip_wd_seeded",
@@ -64,13 +61,12 @@ CASES = [
     Case("gclip_momentum", optclip.gclip, dict(learning_rate=0.1, threshold=1.0, b1=0.9), "b1"),
     Case("cclip", optclip.cclip, dict(learning_rate=0.1, threshold=0.5, b1=0.9), "threshold"),
     Case("clipped_gd", optclip.clipped_gd, dict(learning_rate=0.1, gamma=1.0), "gamma"),
-    Case("normalized_gd", optclip.normalized_gd, dict(learning_rate=0.1, beta=1.0), "beta", False),
+    Case("normalized_gd", optclip.normalized_gd, dict(learning_rate=0.1, beta=1.0), "beta"),
     Case(
         "normalized_momentum_sgd",
         optclip.normalized_momentum_sgd,
         dict(learning_rate=0.1),
         "b1",
-        False,
     ),
     Case(
         "clip_momentum_sgd",
@@ -78,8 +74,8 @@ CASES = [
         dict(learning_rate=0.1, gamma=0.2, nu=0.7),
         "nu",
     ),
-    Case("generalized_signsgd", optclip.generalized_signsgd, dict(learning_rate=0.01), "b2", False),
-    Case("signum", optclip.generalized_signsgd, dict(learning_rate=0.01, b2=0.0), "b1", False),
+    Case("generalized_signsgd", optclip.generalized_signsgd, dict(learning_rate=0.01), "b2"),
+    Case("signum", optclip.generalized_signsgd, dict(learning_rate=0.01, b2=0.0), "b1"),
 ]
 
 

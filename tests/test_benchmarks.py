@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
+import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("step_time", ROOT / "benchmarks" / "step_time.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _load(name: str):
+    # The scripts import their siblings by name, as `python benchmarks/X.py` allows.
+    folder = str(ROOT / "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(name)
 
 
 def test_quick_mode_writes_json_with_every_variant(tmp_path, capsys):
-    step_time = _load()
+    step_time = _load("step_time")
     results = step_time.main(["--quick", "--out", str(tmp_path)])
     data = json.loads((tmp_path / "step_time.json").read_text())
     assert set(data["one_leaf"]) == set(step_time.variants())
@@ -31,7 +34,8 @@ def test_quick_mode_writes_json_with_every_variant(tmp_path, capsys):
     assert rows["acclip"]["bytes_per_param"] <= rows["optax.adam"]["bytes_per_param"] + scalars
     assert rows["acclip"]["temp_bytes"] <= 0.01 * 4 * results["n"]
     assert rows["optclip.clip_gn+adam"]["temp_bytes"] <= 0.01 * 4 * results["n"]
-    assert rows["optax.clip_gn+adam"]["temp_bytes"] >= 4 * results["n"]  # optax's divided copy
+    if jax.default_backend() == "cpu":  # XLA:CPU materialises optax's divided copy
+        assert rows["optax.clip_gn+adam"]["temp_bytes"] >= 4 * results["n"]
     # Sharded state: every parameter-sized state leaf is split over the 8 devices.
     for name, row in data["sharded"].items():
         assert row["shards"] == 8.0, name
@@ -39,11 +43,7 @@ def test_quick_mode_writes_json_with_every_variant(tmp_path, capsys):
 
 
 def test_acclip_scale_quick_mode(tmp_path):
-    spec = importlib.util.spec_from_file_location(
-        "acclip_scale", ROOT / "benchmarks" / "acclip_scale.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _load("acclip_scale")
     results = module.main(
         ["--quick", "--optimizers", "adam,acclip tau0=0,acclip tau0=1", "--out", str(tmp_path)]
     )
@@ -56,9 +56,7 @@ def test_acclip_scale_quick_mode(tmp_path):
 
 
 def test_reproduce_quick_mode(tmp_path):
-    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "benchmarks" / "reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _load("reproduce")
     results = module.main(["--quick", "--experiments", "e1,e2,e3,e7", "--out", str(tmp_path)])
     e1 = {r["alpha"]: r for r in results["e1"]}
     # GClip's averaged error decreases (a negative fitted slope) for every alpha.
@@ -75,9 +73,7 @@ def test_reproduce_quick_mode(tmp_path):
 
 
 def test_reproduce_quick_mode_transformer_noise_and_nonsmooth(tmp_path):
-    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "benchmarks" / "reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _load("reproduce")
     results = module.main(["--quick", "--experiments", "e4,e5,e6", "--out", str(tmp_path)])
     e4 = {r["name"]: r for r in results["e4"]}
     assert set(e4) == set(module.E4_OPTIMIZERS)

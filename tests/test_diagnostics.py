@@ -168,12 +168,12 @@ def test_training_stats_and_window_average():
     np.testing.assert_allclose(D.window_average([1, 2, 3, 4], 2), [1, 1.5, 2.5, 3.5])
 
 
-def test_monitor_changes_no_update_and_reports_statistics():
+def test_track_statistics_changes_no_update_and_reports_statistics():
     params = {"w": jnp.ones(5)}
     inner = optax.chain(
         optclip.clip_by_global_norm(0.5), optclip.acclip(0.1, initial_threshold=0.0)
     )
-    plain, monitored = inner, optclip.diagnostics.monitor(inner)
+    plain, monitored = inner, optclip.diagnostics.track_statistics(inner)
     sp, sm = plain.init(params), monitored.init(params)
     rng = np.random.default_rng(0)
     for _ in range(5):
@@ -185,17 +185,17 @@ def test_monitor_changes_no_update_and_reports_statistics():
         assert float(sm.update_norm) == pytest.approx(float(jnp.linalg.norm(um["w"])), rel=1e-6)
         assert float(sm.pre_clip_norm) == pytest.approx(float(jnp.linalg.norm(g["w"])), rel=1e-6)
         assert float(sm.clip_fraction) == pytest.approx(float(optclip.clip_fraction(sp)))
-    bare = optclip.diagnostics.monitor()
+    bare = optclip.diagnostics.track_statistics()
     _, s = bare.update({"w": jnp.array([3.0, 4.0])}, bare.init(params))
     assert float(s.grad_norm) == 5.0 and np.isnan(float(s.clip_fraction))
 
 
-def test_monitor_shards_like_any_transform():
+def test_track_statistics_shards_like_any_transform():
     devices = jax.devices()
     mesh = jax.make_mesh((len(devices),), ("d",), axis_types=(jax.sharding.AxisType.Auto,))
     sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d"))
     params = jax.device_put(jnp.arange(8.0 * len(devices)), sh)
-    tx = optclip.diagnostics.monitor(optclip.gclip(0.1, 1.0))
+    tx = optclip.diagnostics.track_statistics(optclip.gclip(0.1, 1.0))
     _, s = jax.jit(tx.update)(params, jax.jit(tx.init)(params), params)
     assert float(s.grad_norm) == pytest.approx(float(jnp.linalg.norm(params)), rel=1e-6)
 

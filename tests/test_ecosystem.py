@@ -16,7 +16,7 @@ from jax.sharding import PartitionSpec as P
 import optclip
 from tests.conftest import CASES, Case, heavy_tailed_grads, initial_params
 
-INGD = Case("stochastic_ingd", optclip.stochastic_ingd, dict(key=0), "p", False)
+INGD = Case("stochastic_ingd", optclip.stochastic_ingd, dict(key=0), "p")
 ALL = [*CASES, INGD]
 STEPS = 6
 
@@ -259,8 +259,8 @@ ocp = pytest.importorskip("orbax.checkpoint")
 CKPT_CASES = [
     *ALL,
     Case(
-        "monitor(acclip)",
-        lambda **kw: optclip.diagnostics.monitor(optclip.acclip(**kw)),
+        "track_statistics(acclip)",
+        lambda **kw: optclip.diagnostics.track_statistics(optclip.acclip(**kw)),
         dict(learning_rate=0.1),
         None,
     ),

@@ -16,7 +16,7 @@
 # %% [markdown]
 # # ACClip vs Adam on a small character transformer
 #
-# A causal character-level transformer (`optclip.charlm`) on the Python standard library's own
+# A causal character-level transformer (`optclip.demo.charlm`) on the Python standard library's own
 # source code (no download), trained with Adam, the RMS-scaled ACClip at Adam's learning rate, and
 # the printed ACClip rule at SGD's. The full measurement (3 seeds, learning-rate grids) is
 # `benchmarks/acclip_scale.py`; this notebook is the short version.
@@ -39,7 +39,7 @@ import numpy as np
 import optax
 
 import optclip
-from optclip import charlm
+from optclip.demo import charlm
 
 FAST = bool(os.environ.get("OPTCLIP_FAST"))
 cfg = charlm.Config(d_model=32, heads=2, layers=1, seq=32, batch=8) if FAST else charlm.Config()

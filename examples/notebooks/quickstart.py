@@ -66,11 +66,11 @@ model = nnx.Sequential(
 
 # %% [markdown]
 # The optimizer: a global-norm clip (optclip's drop-in for optax's, with the norm in its state)
-# in front of RMS-scaled ACClip, wrapped in `optclip.diagnostics.monitor` so the training loop can
-# log norms and the clip fraction without splitting the chain.
+# in front of RMS-scaled ACClip, wrapped in `optclip.diagnostics.track_statistics` so the
+# training loop can log norms and the clip fraction without splitting the chain.
 
 # %%
-tx = optclip.diagnostics.monitor(
+tx = optclip.diagnostics.track_statistics(
     optax.chain(
         optclip.clip_by_global_norm(5.0),
         optclip.acclip(3e-3, rms_scale=True, weight_decay=1e-4),

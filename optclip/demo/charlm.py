@@ -93,7 +93,7 @@ class Task:
     cfg: Config
     train: jax.Array
     val: jax.Array
-    graphdef: object
+    graphdef: nnx.GraphDef
 
     @classmethod
     def make(cls, cfg: Config = Config(), max_chars: int = 1_500_000) -> Task:

@@ -1,7 +1,7 @@
 """optclip's demo: a small transformer trained with Adam, ACClip, SGD and GClip.
 
 ``python -m optclip.demo`` trains the causal character-level transformer of
-:mod:`optclip.charlm` on the Python standard library's own source files (no
+:mod:`optclip.demo.charlm` on the Python standard library's own source files (no
 download) with each optimizer at the learning rate that measured best in
 ``benchmarks/acclip_scale.py``, prints a table of training and validation loss,
 and saves a plot of the loss curves. About 2-3 minutes on 2 CPU cores;
@@ -25,9 +25,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm import tqdm
 
 import optclip
+
+try:
+    from tqdm import tqdm
+
+    from optclip.demo import charlm
+except ImportError as e:  # the `demo` extra is not installed
+    raise ImportError(
+        f"optclip's demo needs flax and tqdm: pip install 'optclip[demo]' (missing: {e.name})"
+    ) from e
+from optclip._plotting import available as _can_plot
+from optclip._plotting import pyplot, save
 
 SGD_GRID = (0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
 ADAM_GRID = (0.1, 0.03, 0.01, 0.003, 0.001, 0.0003)
@@ -90,7 +100,7 @@ def run(names, steps, dim, batch, tune_seeds, eval_seeds, df=1.5, progress=True)
         bar.set_postfix_str(name)
         make, grid = OPTIMIZERS[name]
         scores = {lr: float(np.mean(final_errors(make(lr), tune))) for lr in grid}
-        best = min(scores, key=scores.get)
+        best = min(scores, key=lambda lr: scores[lr])
         errs = final_errors(make(best), held)
         rows.append(
             dict(
@@ -148,8 +158,6 @@ DEFAULT_TRANSFORMER = "adam,acclip,sgd_momentum,gclip"
 
 def train_transformer(names, steps, seed, quick, progress=True):
     """Trains the char transformer with each optimizer; returns rows and loss curves."""
-    from optclip import charlm
-
     cfg = (
         charlm.Config(d_model=32, heads=2, layers=1, seq=32, batch=8)
         if quick
@@ -178,25 +186,16 @@ def train_transformer(names, steps, seed, quick, progress=True):
 
 
 def _save_curves(curves, path):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    if not _can_plot():
         return None
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = pyplot().subplots(figsize=(6.5, 4))
     for name, c in curves.items():
         w = max(1, len(c) // 40)
         ax.plot(np.convolve(c, np.ones(w) / w, mode="valid"), label=name)
     ax.set_xlabel("step")
     ax.set_ylabel(f"training loss ({max(1, len(c) // 40)}-step mean)")
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def _transformer_main(args, parser) -> int:
@@ -295,7 +294,3 @@ def _regression_main(args, parser) -> int:
     print(reading(rows))
     print(f"({time.perf_counter() - start:.1f}s on {jax.devices()[0].platform})")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,151 @@
+"""ACClip: momentum clipped coordinate-wise at the adaptive alpha-moment threshold."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optclip import _checks
+from optclip._acclip_threshold import alpha_moment_update, first_step_decay, init_threshold
+from optclip._coordinate_clip import coordinate_clip, unzip
+from optclip._momentum import ema_update
+from optclip._numerics import fraction_true
+from optclip._types import Scalar
+
+
+class ScaleByACClipState(NamedTuple):
+    """State of :func:`scale_by_acclip`.
+
+    Attributes:
+      count: number of updates seen.
+      mu: momentum ``m_k`` (``mu_dtype``, float32 by default).
+      tau: per-coordinate threshold ``tau_k`` (float32).
+      rms: ``sqrt(v_k)``, the RMS of the raw gradient, when ``rms_scale=True``;
+        ``None`` otherwise.
+      eps: the ``eps`` of the clip, kept so the statistics below can be derived.
+    """
+
+    count: jax.Array  # type: ignore[assignment]  # the field shadows tuple.count
+    mu: optax.Updates
+    tau: optax.Updates
+    rms: optax.Updates | None
+    eps: jax.Array
+
+    @property
+    def clip_fraction(self) -> jax.Array:
+        """Fraction of coordinates clipped at the last step.
+
+        Derived from the state instead of stored: step ``k`` clipped coordinate
+        ``i`` exactly when ``|m_k,i| + eps > tau_k,i`` and ``m_k,i != 0``, and both
+        are in the state. Computing it inside every step would cost an unfused
+        reduction pass (``docs/performance.md``); here it costs nothing until
+        read. With a narrow ``mu_dtype`` the rounding of the stored momentum can
+        move a coordinate that sits at the threshold.
+        """
+        mask = jax.tree.map(
+            lambda m, t: (jnp.abs(m.astype(jnp.float32)) + self.eps > t) & (m != 0),
+            self.mu,
+            self.tau,
+        )
+        return fraction_true(mask)
+
+
+def scale_by_acclip(
+    b1: Scalar = 0.9,
+    b2: Scalar = 0.99,
+    alpha: Scalar = 1.0,
+    eps: Scalar = 1e-5,
+    initial_threshold: Scalar | None = 0.0,
+    mu_dtype: jax.typing.DTypeLike | None = None,
+    *,
+    rms_scale: bool = False,
+) -> optax.GradientTransformation:
+    r"""The ACClip direction: momentum clipped at an adaptive per-coordinate threshold.
+
+    .. math::
+
+        m_k &= \beta_1 m_{k-1} + (1 - \beta_1) g_k \\
+        \tau_k^\alpha &= \beta_2 \tau_{k-1}^\alpha + (1 - \beta_2) |g_k|^\alpha \\
+        \hat g_k &= \min\left(\frac{\tau_k}{|m_k| + \epsilon}, 1\right) m_k
+
+    With ``rms_scale=True`` the clipped momentum is further divided by
+    ``sqrt(v_k) + eps``, ``v_k = beta_2 v_{k-1} + (1 - beta_2) g_k^2`` (the
+    RMS-scaled form, which lives at Adam's learning rates; no bias correction,
+    like the rest of ACClip).
+
+    Why this is one transform and not an ``optax.chain``: the threshold and
+    (with ``rms_scale``) the second moment observe the *raw* gradient, while
+    the clip acts on the *momentum*. A chain hands each link only the previous
+    link's output, so no link after the momentum could see ``g_k``. The
+    transform therefore forks ``g_k`` into the same three pieces the package
+    exports on their own: :func:`ema_update` (as in :func:`ema_momentum`),
+    :func:`alpha_moment_update` (as in :func:`estimate_alpha_moment_threshold`)
+    and :func:`coordinate_clip` (as in :func:`clip_coordinatewise`).
+
+    Args:
+      b1: momentum decay in ``[0, 1)``.
+      b2: threshold (and RMS) decay in ``[0, 1)``.
+      alpha: moment order of the threshold, ``> 0``; 1 is the paper's default.
+      eps: ``>= 0``, added to ``|m|`` in the clip (and to the RMS).
+      initial_threshold: ``tau_0 >= 0`` (default 0), or ``None`` to seed
+        ``tau_1 = |g_1|``.
+      mu_dtype: dtype of the stored momentum; float32 if ``None``.
+      rms_scale: divide by the RMS of the raw gradient (keyword-only).
+
+    Returns:
+      An :class:`optax.GradientTransformation` with state :class:`ScaleByACClipState`.
+
+    References:
+      Zhang, Karimireddy, Veit, Kim, Reddi, Kumar, Sra, 2020,
+      "Why are Adaptive Methods Good for Attention Models?",
+      https://arxiv.org/abs/1912.03194 (eq. ACClip).
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optclip
+      >>> tx = optax.chain(optclip.scale_by_acclip(), optax.scale_by_learning_rate(0.1))
+      >>> state = tx.init({"w": jnp.zeros(3)})
+      >>> updates, state = tx.update({"w": jnp.ones(3)}, state)
+    """
+    _checks.check_decay("b1", b1)
+    _checks.check_decay("b2", b2)
+    _checks.check_positive("alpha", alpha)
+    _checks.check_nonnegative("eps", eps)
+    if initial_threshold is not None:
+        _checks.check_threshold_leaves("initial_threshold", initial_threshold)
+    dtype = _checks.state_dtype("mu_dtype", mu_dtype)
+    seeded = initial_threshold is None
+
+    def init_fn(params):
+        return ScaleByACClipState(
+            count=jnp.zeros([], jnp.int32),
+            mu=optax.tree.zeros_like(params, dtype=dtype),
+            tau=init_threshold(params, initial_threshold),
+            rms=optax.tree.zeros_like(params, dtype=jnp.float32) if rms_scale else None,
+            eps=jnp.asarray(eps, jnp.float32),
+        )
+
+    def update_fn(updates, state, params=None):
+        del params
+        d2 = first_step_decay(b2, state.count, seeded)
+        mu = jax.tree.map(lambda g, m: ema_update(g, m, b1), updates, state.mu)
+        tau = jax.tree.map(lambda t, g: alpha_moment_update(t, g, d2, alpha), state.tau, updates)
+        direction, _ = unzip(
+            jax.tree.map(lambda m, t: coordinate_clip(m, t, eps), mu, tau), updates
+        )
+        rms = None
+        if rms_scale:
+            rms = jax.tree.map(lambda r, g: alpha_moment_update(r, g, b2, 2.0), state.rms, updates)
+            direction = jax.tree.map(lambda u, r: u / (r + eps), direction, rms)
+        out = jax.tree.map(lambda u, g: u.astype(g.dtype), direction, updates)
+        return out, ScaleByACClipState(
+            count=optax.safe_increment(state.count),
+            mu=optax.tree.cast(mu, dtype),
+            tau=tau,
+            rms=rms,
+            eps=jnp.asarray(eps, jnp.float32),
+        )
+
+    return optax.GradientTransformation(init_fn, update_fn)

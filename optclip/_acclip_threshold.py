@@ -1,0 +1,110 @@
+"""ACClip's adaptive threshold: the running alpha-moment of the raw gradient, per coordinate."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optclip import _checks
+from optclip._numerics import power_mean
+from optclip._types import Scalar
+
+
+class AlphaMomentThresholdState(NamedTuple):
+    """State of :func:`estimate_alpha_moment_threshold`.
+
+    Attributes:
+      count: number of updates seen.
+      tau: the per-coordinate threshold ``tau_k`` itself (not ``tau_k^alpha``).
+    """
+
+    count: jax.Array  # type: ignore[assignment]  # the field shadows tuple.count
+    tau: optax.Updates
+
+
+def alpha_moment_update(tau: jax.Array, g: jax.Array, decay: Scalar, alpha: Scalar) -> jax.Array:
+    r"""One step of ``tau^alpha = decay * tau^alpha + (1 - decay) |g|^alpha``, overflow-safe.
+
+    Args:
+      tau: the current threshold ``tau_{k-1} >= 0``.
+      g: the raw gradient ``g_k``.
+      decay: ``beta_2``.
+      alpha: the moment order ``> 0``.
+
+    Returns:
+      ``tau_k`` in float32 (or ``g``'s dtype if wider).
+    """
+    g32 = jnp.abs(g.astype(jnp.promote_types(g.dtype, jnp.float32)))
+    return power_mean(tau.astype(g32.dtype), g32, decay, alpha)
+
+
+def first_step_decay(decay: Scalar, count: jax.Array, seeded: bool) -> jax.typing.ArrayLike:
+    """The decay of step ``count``: 0 at the first step when the threshold is seeded.
+
+    Seeding ``tau_0 = |g_1|`` is the same as running the first EMA step with
+    decay 0, which keeps the seeding a scalar select, not a per-element one.
+    """
+    return jnp.where(count == 0, 0.0, decay) if seeded else decay
+
+
+def init_threshold(params: optax.Params, initial_threshold: Scalar | None) -> optax.Updates:
+    """``tau_0`` shaped like the params, in float32 (0 when the threshold is seeded)."""
+    fill = 0.0 if initial_threshold is None else initial_threshold
+    return jax.tree.map(lambda p: jnp.full(jnp.shape(p), fill, jnp.float32), params)
+
+
+def estimate_alpha_moment_threshold(
+    decay: Scalar = 0.99, alpha: Scalar = 1.0, initial_threshold: Scalar | None = 0.0
+) -> optax.GradientTransformation:
+    r"""Tracks ACClip's per-coordinate threshold; passes updates through unchanged.
+
+    .. math:: \tau_k^\alpha = \beta_2 \tau_{k-1}^\alpha + (1 - \beta_2) |g_k|^\alpha
+
+    ``tau_k`` estimates the coordinate-wise alpha-moment ``E[|g|^alpha]^(1/alpha)``
+    (``B`` in Assumption 2 of Zhang et al., 2020). Put it first in a chain to
+    watch that statistic of the raw gradient; :func:`scale_by_acclip` uses the
+    same update to set its clipping thresholds.
+
+    The state stores ``tau`` rather than ``tau^alpha`` and updates it as a
+    weighted power mean, so ``|g|^alpha`` is never formed and cannot overflow.
+
+    Args:
+      decay: ``beta_2`` in ``[0, 1)``.
+      alpha: moment order, ``> 0`` (the paper uses 1; 2 gives an RMS).
+      initial_threshold: ``tau_0 >= 0`` (default 0); ``None`` seeds it with the first
+        gradient's magnitude, ``tau_1 = |g_1|`` (see ``docs/design.md``).
+
+    Returns:
+      An :class:`optax.GradientTransformation` with state
+      :class:`AlphaMomentThresholdState`.
+
+    References:
+      Zhang et al., 2020, https://arxiv.org/abs/1912.03194, eq. (ACClip).
+
+    Example:
+      >>> import jax.numpy as jnp, optclip
+      >>> tx = optclip.estimate_alpha_moment_threshold(decay=0.5, initial_threshold=None)
+      >>> _, state = tx.update({"w": jnp.array([2.0, -4.0])}, tx.init({"w": jnp.zeros(2)}))
+      >>> state.tau["w"].tolist()
+      [2.0, 4.0]
+    """
+    _checks.check_decay("decay", decay)
+    _checks.check_positive("alpha", alpha)
+    if initial_threshold is not None:
+        _checks.check_threshold_leaves("initial_threshold", initial_threshold)
+
+    def init_fn(params):
+        return AlphaMomentThresholdState(
+            count=jnp.zeros([], jnp.int32), tau=init_threshold(params, initial_threshold)
+        )
+
+    def update_fn(updates, state, params=None):
+        del params
+        d = first_step_decay(decay, state.count, initial_threshold is None)
+        tau = jax.tree.map(lambda t, g: alpha_moment_update(t, g, d, alpha), state.tau, updates)
+        return updates, AlphaMomentThresholdState(optax.safe_increment(state.count), tau)
+
+    return optax.GradientTransformation(init_fn, update_fn)

@@ -1,0 +1,5 @@
+"""``python -m optclip.demo``: see :mod:`optclip.demo`."""
+
+from optclip.demo import main
+
+raise SystemExit(main())
