@@ -10,9 +10,10 @@ import optax
 
 from optclip import _checks
 from optclip._acclip_threshold import alpha_moment_update, first_step_decay, init_threshold
-from optclip._coordinate_clip import coordinate_clip, unzip
+from optclip._coordinate_clip import coordinate_clip
 from optclip._momentum import ema_update
 from optclip._numerics import fraction_true
+from optclip._trees import unzip
 from optclip._types import Scalar
 
 

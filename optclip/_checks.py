@@ -40,20 +40,15 @@ def is_static_zero(x: object) -> bool:
     return static_value(x) == 0.0
 
 
-def fixes_state_shape(x: object) -> bool:
-    """True for a Python or NumPy number: a value that may decide the state's structure.
+def drops_state(x: object) -> bool:
+    """``x`` is a Python or NumPy zero, so the state for it can be left out.
 
     :func:`optax.inject_hyperparams` turns every numeric hyperparameter into a
     jax array that is concrete in ``init`` but traced in a jitted ``update``,
     so a decision that adds or drops a state leaf may rest only on values that
     no wrapper can turn into arrays.
     """
-    return not isinstance(x, jax.Array) and static_value(x) is not None
-
-
-def drops_state(x: object) -> bool:
-    """``x`` is a Python or NumPy zero, so the state for it can be left out."""
-    return fixes_state_shape(x) and is_static_zero(x)
+    return not isinstance(x, jax.Array) and is_static_zero(x)
 
 
 def _describe(lo: float, hi: float, lo_open: bool, hi_open: bool) -> str:

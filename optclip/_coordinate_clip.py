@@ -12,6 +12,7 @@ import optax
 
 from optclip import _checks
 from optclip._numerics import clip_factor, fraction_true
+from optclip._trees import unzip
 from optclip._types import Scalar, Threshold, at_step
 
 
@@ -83,11 +84,6 @@ def map_threshold(
     if jax.tree_util.treedef_is_leaf(jax.tree.structure(tau)):  # one leaf: broadcast it
         return jax.tree.map(lambda u: fn(u, tau), updates)
     return jax.tree.map(fn, updates, tau)
-
-
-def unzip(tree_of_pairs: chex.ArrayTree, like: chex.ArrayTree) -> tuple[chex.ArrayTree, ...]:
-    """A tree of pairs shaped like ``like`` into a pair of trees."""
-    return jax.tree.transpose(jax.tree.structure(like), jax.tree.structure((0, 0)), tree_of_pairs)
 
 
 def clip_coordinatewise(

@@ -56,5 +56,7 @@ def save(fig: Figure, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path)
-    pyplot().close(fig)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
     return path

@@ -11,6 +11,7 @@ import optax
 from optclip import _checks
 from optclip._momentum import ema_momentum
 from optclip._numerics import power_mean, safe_divide
+from optclip._trees import unzip
 from optclip._types import Scalar
 
 
@@ -84,9 +85,7 @@ def normalize_by_running_rms(
             return safe_divide(u32, r + eps).astype(u.dtype), r
 
         pairs = jax.tree.map(leaf, updates, state.rms)
-        out, rms = jax.tree.transpose(
-            jax.tree.structure(updates), jax.tree.structure((0, 0)), pairs
-        )
+        out, rms = unzip(pairs, updates)
         return out, RunningRmsState(rms=rms)
 
     return optax.GradientTransformation(init_fn, update_fn)

@@ -25,6 +25,7 @@ import numpy as np
 import optax
 
 from optclip import _checks
+from optclip._states import find_state
 
 __all__ = [
     "gclip_strongly_convex",
@@ -398,7 +399,7 @@ def averaged_params(params: optax.Params, state: optax.OptState) -> optax.Params
       params: the current params (their dtypes are kept).
       state: an optimizer state holding an :func:`iterate_average` state.
     """
-    for leaf in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, IterateAverageState)):
-        if isinstance(leaf, IterateAverageState):
-            return jax.tree.map(lambda a, p: a.astype(jnp.asarray(p).dtype), leaf.average, params)
-    raise ValueError("`state` holds no iterate_average state.")
+    found = find_state(state, IterateAverageState)
+    if found is None:
+        raise ValueError("`state` holds no iterate_average state.")
+    return jax.tree.map(lambda a, p: a.astype(jnp.asarray(p).dtype), found.average, params)
