@@ -83,11 +83,15 @@ def clip_by_global_norm(max_norm: Threshold) -> optax.GradientTransformation:
         tau = jnp.asarray(at_step(max_norm, state.count), jnp.float32)
         norm = global_norm(updates)
         factor = clip_factor(norm, tau)
-        updates = jax.tree.map(lambda u: (u * factor).astype(u.dtype), updates)
+        clipped = norm > tau
+        # An unclipped update passes through as it is, like optax's: multiplying by 1.0 would
+        # flush subnormal entries to zero on backends that do (XLA:CPU). A NaN norm compares
+        # false here, so the NaN in the update survives (the numerics rule).
+        updates = jax.tree.map(lambda u: jnp.where(clipped, u * factor, u).astype(u.dtype), updates)
         new_state = ClipByGlobalNormState(
             count=optax.safe_increment(state.count),
             norm=norm,
-            clipped=(norm > tau).astype(jnp.float32),
+            clipped=clipped.astype(jnp.float32),
         )
         return updates, new_state
 

@@ -136,3 +136,11 @@ def test_drop_in_clip_equals_optax_where_optax_is_finite(g, scale):
     theirs, _ = optax.clip_by_global_norm(1.0).update(x, optax.EmptyState())
     if np.all(np.isfinite(np.asarray(theirs["w"]))) and 1e-18 < scale < 1e18:
         np.testing.assert_allclose(ours["w"], theirs["w"], rtol=3e-7, atol=0)
+
+
+def test_drop_in_clip_keeps_subnormal_entries_like_optax():
+    # Found by hypothesis: an unclipped update multiplied by 1.0 lost its subnormal entry.
+    x = {"w": jnp.asarray(np.array([1e-45] + [0.0] * 15, np.float32))}
+    ours, _ = optclip.clip_by_global_norm(1.0).update(x, optclip.clip_by_global_norm(1.0).init(x))
+    theirs, _ = optax.clip_by_global_norm(1.0).update(x, optax.EmptyState())
+    np.testing.assert_array_equal(ours["w"], theirs["w"])
