@@ -8,11 +8,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optclip import _checks
+from optclip import _checks, _gradient_checks
 from optclip._acclip_threshold import alpha_moment_update, first_step_decay, init_threshold
 from optclip._coordinate_clip import coordinate_clip
 from optclip._momentum import ema_update
-from optclip._numerics import fraction_true
+from optclip._numerics import fraction_true, momentum_zeros, real_zeros
 from optclip._trees import unzip
 from optclip._types import Scalar
 
@@ -47,7 +47,7 @@ class ScaleByACClipState(NamedTuple):
         move a coordinate that sits at the threshold.
         """
         mask = jax.tree.map(
-            lambda m, t: (jnp.abs(m.astype(jnp.float32)) + self.eps > t) & (m != 0),
+            lambda m, t: (jnp.abs(m).astype(jnp.float32) + self.eps > t) & (m != 0),
             self.mu,
             self.tau,
         )
@@ -89,7 +89,7 @@ def scale_by_acclip(
     Args:
       b1: momentum decay in ``[0, 1)``.
       b2: threshold (and RMS) decay in ``[0, 1)``.
-      alpha: moment order of the threshold, ``> 0``; 1 is the paper's default.
+      alpha: moment order of the threshold in ``[1, 2]``; 1 is the paper's default.
       eps: ``>= 0``, added to ``|m|`` in the clip (and to the RMS).
       initial_threshold: ``tau_0 >= 0`` (default 0), or ``None`` to seed
         ``tau_1 = |g_1|``.
@@ -112,8 +112,9 @@ def scale_by_acclip(
     """
     _checks.check_decay("b1", b1)
     _checks.check_decay("b2", b2)
-    _checks.check_positive("alpha", alpha)
+    _checks.check_range("alpha", alpha, 1.0, 2.0)
     _checks.check_nonnegative("eps", eps)
+    _checks.check_flag("rms_scale", rms_scale)
     if initial_threshold is not None:
         _checks.check_threshold_leaves("initial_threshold", initial_threshold)
     dtype = _checks.state_dtype("mu_dtype", mu_dtype)
@@ -122,14 +123,15 @@ def scale_by_acclip(
     def init_fn(params):
         return ScaleByACClipState(
             count=jnp.zeros([], jnp.int32),
-            mu=optax.tree.zeros_like(params, dtype=dtype),
+            mu=momentum_zeros(params, dtype),
             tau=init_threshold(params, initial_threshold),
-            rms=optax.tree.zeros_like(params, dtype=jnp.float32) if rms_scale else None,
+            rms=real_zeros(params) if rms_scale else None,
             eps=jnp.asarray(eps, jnp.float32),
         )
 
     def update_fn(updates, state, params=None):
         del params
+        _gradient_checks.check_like(updates, state.mu, "the momentum")
         d2 = first_step_decay(b2, state.count, seeded)
         mu = jax.tree.map(lambda g, m: ema_update(g, m, b1), updates, state.mu)
         tau = jax.tree.map(lambda t, g: alpha_moment_update(t, g, d2, alpha), state.tau, updates)
@@ -143,9 +145,9 @@ def scale_by_acclip(
         out = jax.tree.map(lambda u, g: u.astype(g.dtype), direction, updates)
         return out, ScaleByACClipState(
             count=optax.safe_increment(state.count),
-            mu=optax.tree.cast(mu, dtype),
-            tau=tau,
-            rms=rms,
+            mu=optax.tree.cast_like(mu, state.mu),
+            tau=optax.tree.cast_like(tau, state.tau),
+            rms=None if rms is None else optax.tree.cast_like(rms, state.rms),
             eps=jnp.asarray(eps, jnp.float32),
         )
 

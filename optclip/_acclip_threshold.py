@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optclip import _checks
+from optclip import _checks, _gradient_checks
 from optclip._numerics import power_mean
 from optclip._types import Scalar
 
@@ -73,7 +73,7 @@ def estimate_alpha_moment_threshold(
 
     Args:
       decay: ``beta_2`` in ``[0, 1)``.
-      alpha: moment order, ``> 0`` (the paper uses 1; 2 gives an RMS).
+      alpha: moment order in ``[1, 2]`` (the paper uses 1; 2 gives an RMS).
       initial_threshold: ``tau_0 >= 0`` (default 0); ``None`` seeds it with the first
         gradient's magnitude, ``tau_1 = |g_1|`` (see ``docs/design.md``).
 
@@ -92,7 +92,7 @@ def estimate_alpha_moment_threshold(
       [2.0, 4.0]
     """
     _checks.check_decay("decay", decay)
-    _checks.check_positive("alpha", alpha)
+    _checks.check_range("alpha", alpha, 1.0, 2.0)
     if initial_threshold is not None:
         _checks.check_threshold_leaves("initial_threshold", initial_threshold)
 
@@ -103,8 +103,11 @@ def estimate_alpha_moment_threshold(
 
     def update_fn(updates, state, params=None):
         del params
+        _gradient_checks.check_like(updates, state.tau, "the threshold")
         d = first_step_decay(decay, state.count, initial_threshold is None)
         tau = jax.tree.map(lambda t, g: alpha_moment_update(t, g, d, alpha), state.tau, updates)
-        return updates, AlphaMomentThresholdState(optax.safe_increment(state.count), tau)
+        return updates, AlphaMomentThresholdState(
+            optax.safe_increment(state.count), optax.tree.cast_like(tau, state.tau)
+        )
 
     return optax.GradientTransformation(init_fn, update_fn)

@@ -31,7 +31,7 @@ def _finish(
     weight_decay: optax.ScalarOrSchedule = 0.0,
     mask: Mask = None,
 ) -> optax.GradientTransformation:
-    _checks.check_nonnegative("learning_rate", learning_rate)
+    _checks.check_nonnegative("learning_rate", learning_rate, schedule=True)
     return optax.chain(
         direction,
         decoupled_weight_decay(weight_decay, mask),
@@ -90,7 +90,7 @@ def acclip(
       learning_rate: ``eta``, a float or an optax schedule.
       b1: momentum decay in ``[0, 1)``.
       b2: threshold decay in ``[0, 1)``.
-      alpha: moment order ``> 0`` (1 in the paper).
+      alpha: moment order in ``[1, 2]`` (1 in the paper).
       eps: ``>= 0``.
       initial_threshold: ``tau_0 >= 0`` (default 0: the first ~100 steps are
         clipped hard, which acts as a warm-up, ``docs/design.md``), or ``None``
@@ -165,6 +165,8 @@ def gclip(
       >>> params = {"w": jnp.ones(3)}
       >>> updates, state = tx.update({"w": jnp.full(3, 100.0)}, tx.init(params), params)
     """
+    # Checked here too, so that an error names `threshold`, not the inner `max_norm`.
+    _checks.check_threshold_leaves("threshold", threshold)
     return _finish(
         _with_momentum(b1, mu_dtype, clip_by_global_norm(threshold)),
         learning_rate,

@@ -14,6 +14,7 @@ import numbers
 
 import jax
 import numpy as np
+import numpy.typing as npt
 
 
 def static_value(x: object) -> float | None:
@@ -57,6 +58,39 @@ def _describe(lo: float, hi: float, lo_open: bool, hi_open: bool) -> str:
     return f"{left}{lo:g}, {hi:g}{right}"
 
 
+def _is_real_dtype(dtype: npt.DTypeLike) -> bool:
+    return bool(np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer))
+
+
+def _number(value: object) -> str:
+    """A concrete scalar as the user would write it (``1.5``, not ``Array(1.5, ...)``)."""
+    if isinstance(value, np.ndarray | jax.Array):
+        return repr(value.item())
+    return repr(value)
+
+
+def _shown(value: object) -> str:
+    return f"{value!r} (a {type(value).__name__})"
+
+
+def check_type(name: str, value: object, *, schedule: bool = False) -> None:
+    """Raises ``TypeError`` naming ``name`` unless ``value`` can be a scalar hyperparameter.
+
+    Valid: a real Python or NumPy number (not ``bool``), a 0-d real array,
+    traced or not, and, with ``schedule=True``, a callable of the step count.
+    """
+    if schedule and callable(value):
+        return
+    if static_value(value) is not None:
+        return
+    if isinstance(value, jax.core.Tracer) and np.ndim(value) == 0 and _is_real_dtype(value.dtype):
+        return
+    what = "a real number or a 0-d real array"
+    if schedule:
+        what += ", or a schedule (a callable of the step count)"
+    raise TypeError(f"`{name}` must be {what}, got {_shown(value)}.")
+
+
 def check_range(
     name: str,
     value: object,
@@ -65,8 +99,16 @@ def check_range(
     *,
     lo_open: bool = False,
     hi_open: bool = False,
+    schedule: bool = False,
 ) -> None:
-    """Raises ``ValueError`` naming ``name`` if a concrete ``value`` is outside the range."""
+    """Checks the type (:func:`check_type`), then the range of a concrete ``value``.
+
+    Raises:
+      TypeError: ``value`` is not a real scalar (or schedule, where allowed).
+      ValueError: a concrete ``value`` is outside the range; names ``name``,
+        the range and the value.
+    """
+    check_type(name, value, schedule=schedule)
     v = static_value(value)
     if v is None:
         return
@@ -75,7 +117,7 @@ def check_range(
     ok = ok and (v < hi if hi_open else v <= hi)
     if not ok:
         raise ValueError(
-            f"`{name}` must be in {_describe(lo, hi, lo_open, hi_open)}, got {value!r}."
+            f"`{name}` must be in {_describe(lo, hi, lo_open, hi_open)}, got {_number(value)}."
         )
 
 
@@ -83,27 +125,52 @@ def check_decay(name: str, value: object) -> None:
     check_range(name, value, 0.0, 1.0, hi_open=True)
 
 
-def check_positive(name: str, value: object) -> None:
-    check_range(name, value, 0.0, math.inf, lo_open=True, hi_open=True)
+def check_positive(name: str, value: object, *, schedule: bool = False) -> None:
+    check_range(name, value, 0.0, math.inf, lo_open=True, hi_open=True, schedule=schedule)
 
 
-def check_nonnegative(name: str, value: object) -> None:
-    check_range(name, value, 0.0, math.inf, hi_open=True)
+def check_nonnegative(name: str, value: object, *, schedule: bool = False) -> None:
+    check_range(name, value, 0.0, math.inf, hi_open=True, schedule=schedule)
+
+
+def check_flag(name: str, value: object) -> None:
+    """Raises ``TypeError`` naming ``name`` unless ``value`` is a Python ``bool``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be True or False, got {_shown(value)}.")
 
 
 def check_threshold_leaves(name: str, threshold: object) -> None:
-    """Thresholds: every concrete leaf finite and >= 0 (a schedule is not checked)."""
+    """Thresholds: every concrete leaf finite and >= 0 (a schedule is checked when called).
+
+    Raises:
+      TypeError: a leaf is not a real number or real array, or there is none.
+      ValueError: a concrete leaf has a negative, infinite or NaN entry.
+    """
     if callable(threshold):
         return
-    for leaf in jax.tree.leaves(threshold):
+    leaves = jax.tree.leaves(threshold)
+    if not leaves:
+        raise TypeError(
+            f"`{name}` must be a number, a pytree of real arrays or a schedule, "
+            f"got {_shown(threshold)}."
+        )
+    for leaf in leaves:
         if isinstance(leaf, jax.core.Tracer):
             continue
-        if static_value(leaf) is not None or isinstance(leaf, np.ndarray | jax.Array):
-            arr = np.asarray(leaf, dtype=np.float64)
-            if not (np.all(np.isfinite(arr)) and np.all(arr >= 0)):
-                raise ValueError(
-                    f"`{name}` must be finite and >= 0 (valid range [0, inf)), got {leaf!r}."
-                )
+        is_array = isinstance(leaf, np.generic | np.ndarray | jax.Array)
+        if isinstance(leaf, bool | np.bool_) or not (
+            isinstance(leaf, numbers.Real) or (is_array and _is_real_dtype(leaf.dtype))
+        ):
+            raise TypeError(
+                f"`{name}` must be a number, a pytree of real arrays or a schedule, "
+                f"got {_shown(leaf)}."
+            )
+        arr = np.asarray(leaf, dtype=np.float64)
+        if not (np.all(np.isfinite(arr)) and np.all(arr >= 0)):
+            raise ValueError(
+                f"`{name}` must be finite and >= 0 (valid range [0, inf)), "
+                f"got {_number(leaf) if np.ndim(leaf) == 0 else repr(leaf)}."
+            )
 
 
 def state_dtype(name: str, dtype: jax.typing.DTypeLike | None) -> np.dtype:

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optclip import _checks
+from optclip import _checks, _gradient_checks
 from optclip._numerics import clip_factor, fraction_true
 from optclip._trees import unzip
 from optclip._types import Scalar, Threshold, at_step
@@ -47,7 +47,7 @@ def coordinate_clip(
     """
     u32 = u.astype(jnp.promote_types(u.dtype, jnp.float32))
     magnitude = jnp.abs(u32) + eps
-    tau = jnp.asarray(tau, u32.dtype)
+    tau = jnp.asarray(tau, magnitude.dtype)
     clipped = u32 * clip_factor(magnitude, tau)
     # A zero coordinate is left as it is, so it never counts as clipped.
     return clipped.astype(u.dtype), (magnitude > tau) & (u32 != 0)
@@ -128,6 +128,7 @@ def clip_coordinatewise(
       ([-1.0, 3.0], 0.5)
     """
     _checks.check_threshold_leaves("threshold", threshold)
+    _checks.check_flag("track_clip_fraction", track_clip_fraction)
 
     def init_fn(params):
         check_threshold_tree(threshold, params)
@@ -137,6 +138,7 @@ def clip_coordinatewise(
 
     def update_fn(updates, state, params=None):
         del params
+        _gradient_checks.check_dtypes(updates)
         tau = at_step(threshold, state.count)
         clipped, mask = unzip(map_threshold(coordinate_clip, updates, tau), updates)
         fraction = fraction_true(mask) if track_clip_fraction else state.clip_fraction

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optclip import _checks
+from optclip import _checks, _gradient_checks
 from optclip._numerics import clip_factor, global_norm
 from optclip._types import Threshold, at_step
 
@@ -80,6 +80,7 @@ def clip_by_global_norm(max_norm: Threshold) -> optax.GradientTransformation:
 
     def update_fn(updates, state, params=None):
         del params
+        _gradient_checks.check_dtypes(updates)
         tau = jnp.asarray(at_step(max_norm, state.count), jnp.float32)
         norm = global_norm(updates)
         factor = clip_factor(norm, tau)

@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optclip import _checks
+from optclip import _checks, _gradient_checks
+from optclip._numerics import momentum_zeros
 from optclip._types import Scalar
 
 
@@ -66,12 +67,13 @@ def ema_momentum(
     dtype = _checks.state_dtype("mu_dtype", mu_dtype)
 
     def init_fn(params):
-        return EmaMomentumState(mu=optax.tree.zeros_like(params, dtype=dtype))
+        return EmaMomentumState(mu=momentum_zeros(params, dtype))
 
     def update_fn(updates, state, params=None):
         del params
+        _gradient_checks.check_like(updates, state.mu, "the momentum")
         mu = jax.tree.map(lambda g, m: ema_update(g, m, decay), updates, state.mu)
         out = jax.tree.map(lambda m, g: m.astype(g.dtype), mu, updates)
-        return out, EmaMomentumState(mu=optax.tree.cast(mu, dtype))
+        return out, EmaMomentumState(mu=optax.tree.cast_like(mu, state.mu))
 
     return optax.GradientTransformation(init_fn, update_fn)

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optclip import _checks
+from optclip import _checks, _gradient_checks
 from optclip._momentum import ema_update
-from optclip._numerics import clip_factor, global_norm, safe_divide
+from optclip._numerics import clip_factor, global_norm, momentum_zeros, safe_divide
 from optclip._types import Scalar, Threshold, at_step
 
 
@@ -45,6 +45,7 @@ def normalize_by_global_norm(beta: Scalar = 0.0) -> optax.GradientTransformation
 
     def update_fn(updates, state, params=None):
         del params
+        _gradient_checks.check_dtypes(updates)
         norm = global_norm(updates)
         inv = safe_divide(jnp.float32(1.0), norm + beta)
         # A finite update with an infinite norm cannot happen; an inf entry
@@ -108,13 +109,14 @@ def scale_by_clip_momentum(
     def init_fn(params):
         return ScaleByClipMomentumState(
             count=jnp.zeros([], jnp.int32),
-            mu=optax.tree.zeros_like(params, dtype=dtype),
+            mu=momentum_zeros(params, dtype),
             momentum_norm=jnp.zeros([], jnp.float32),
             gradient_norm=jnp.zeros([], jnp.float32),
         )
 
     def update_fn(updates, state, params=None):
         del params
+        _gradient_checks.check_like(updates, state.mu, "the momentum")
         tau = jnp.asarray(at_step(threshold, state.count), jnp.float32)
         mu = jax.tree.map(lambda g, m: ema_update(g, m, b1), updates, state.mu)
         m_norm, g_norm = global_norm(mu), global_norm(updates)
@@ -127,7 +129,7 @@ def scale_by_clip_momentum(
         )
         return out, ScaleByClipMomentumState(
             count=optax.safe_increment(state.count),
-            mu=optax.tree.cast(mu, dtype),
+            mu=optax.tree.cast_like(mu, state.mu),
             momentum_norm=m_norm,
             gradient_norm=g_norm,
         )

@@ -16,7 +16,10 @@ Every transform in optclip follows one rule (also in ``docs/numerics.md``):
    power means, so ``|g|^alpha`` and ``m^2`` are never formed directly.
 4. **float32 statistics.** Norms and running statistics are accumulated in
    float32 whatever the leaf dtype; updates leave a transform in the dtype they
-   entered it.
+   entered it, and state leaves keep the dtype ``init`` gave them.
+5. **Complex leaves by modulus.** Norms come from ``|x|^2``, clipping and
+   thresholds from ``|x|``, and a complex leaf's momentum is complex (of the
+   stored precision); magnitudes such as thresholds and RMS stay real.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from optclip._checks import static_value
@@ -38,11 +42,19 @@ def _leaves(tree: chex.ArrayTree) -> list[jax.Array]:
     return [jnp.asarray(x) for x in jax.tree.leaves(tree)]
 
 
+def _squares(x: jax.Array) -> jax.Array:
+    """``|x|^2`` in float32, without the imaginary part's loss a cast would cause."""
+    if jnp.iscomplexobj(x):
+        x = x.astype(jnp.promote_types(x.dtype, jnp.complex64))
+        return jnp.square(x.real.astype(jnp.float32)) + jnp.square(x.imag.astype(jnp.float32))
+    return jnp.square(x.astype(jnp.float32))
+
+
 def _rescaled_norm(leaves: list[jax.Array]) -> jax.Array:
     scale = jnp.max(jnp.stack([jnp.max(jnp.abs(x)).astype(jnp.float32) for x in leaves]))
     # inf/NaN scales are left to produce a non-finite norm (rule 1).
     safe = jnp.where((scale > 0) & jnp.isfinite(scale), scale, 1.0)
-    ssq = sum(jnp.sum(jnp.square(x.astype(jnp.float32) / safe)) for x in leaves)
+    ssq = sum(jnp.sum(jnp.square(jnp.abs(x).astype(jnp.float32) / safe)) for x in leaves)
     return safe * jnp.sqrt(ssq)
 
 
@@ -64,7 +76,7 @@ def global_norm(tree: chex.ArrayTree) -> jax.Array:
     leaves = _leaves(tree)
     if not leaves:
         return jnp.zeros((), jnp.float32)
-    sq = sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves)
+    sq = sum(jnp.sum(_squares(x)) for x in leaves)
     fast = jnp.isfinite(sq) & (sq >= _SMALL_SQUARED_NORM)
 
     def rescaled(leaves):
@@ -74,6 +86,25 @@ def global_norm(tree: chex.ArrayTree) -> jax.Array:
         return _rescaled_norm(jax.lax.optimization_barrier(leaves))
 
     return jax.lax.cond(fast, lambda leaves: jnp.sqrt(sq), rescaled, leaves)
+
+
+def stat_dtype(dtype: jax.typing.DTypeLike, leaf_dtype: jax.typing.DTypeLike) -> np.dtype:
+    """The stored dtype of a leaf's momentum: ``dtype``, made complex for a complex leaf."""
+    if jnp.issubdtype(leaf_dtype, jnp.complexfloating):
+        return np.dtype(jnp.promote_types(dtype, leaf_dtype))
+    return np.dtype(dtype)
+
+
+def momentum_zeros(params: optax.Params, dtype: jax.typing.DTypeLike) -> optax.Updates:
+    """Zeros shaped like ``params`` in :func:`stat_dtype` (rule 5)."""
+    return jax.tree.map(
+        lambda p: jnp.zeros_like(p, dtype=stat_dtype(dtype, jnp.result_type(p))), params
+    )
+
+
+def real_zeros(params: optax.Params) -> optax.Updates:
+    """float32 zeros shaped like ``params``, for magnitudes (thresholds, RMS)."""
+    return optax.tree.zeros_like(params, dtype=jnp.float32)
 
 
 def clip_factor(norm: jax.typing.ArrayLike, threshold: jax.typing.ArrayLike) -> jax.Array:

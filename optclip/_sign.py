@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optclip import _checks
+from optclip import _checks, _gradient_checks
 from optclip._momentum import ema_momentum
-from optclip._numerics import power_mean, safe_divide
+from optclip._numerics import power_mean, real_zeros, safe_divide
 from optclip._trees import unzip
 from optclip._types import Scalar
 
@@ -36,6 +36,7 @@ def scale_by_sign() -> optax.GradientTransformation:
 
     def update_fn(updates, state, params=None):
         del params
+        _gradient_checks.check_dtypes(updates)
         return jax.tree.map(lambda u: safe_divide(u, jnp.abs(u)), updates), state
 
     return optax.GradientTransformation(optax.init_empty_state, update_fn)
@@ -74,10 +75,11 @@ def normalize_by_running_rms(
     _checks.check_nonnegative("eps", eps)
 
     def init_fn(params):
-        return RunningRmsState(rms=optax.tree.zeros_like(params, dtype=jnp.float32))
+        return RunningRmsState(rms=real_zeros(params))
 
     def update_fn(updates, state, params=None):
         del params
+        _gradient_checks.check_like(updates, state.rms, "the running RMS")
 
         def leaf(u, r):
             u32 = u.astype(jnp.promote_types(u.dtype, jnp.float32))
@@ -86,7 +88,7 @@ def normalize_by_running_rms(
 
         pairs = jax.tree.map(leaf, updates, state.rms)
         out, rms = unzip(pairs, updates)
-        return out, RunningRmsState(rms=rms)
+        return out, RunningRmsState(rms=optax.tree.cast_like(rms, state.rms))
 
     return optax.GradientTransformation(init_fn, update_fn)
 

@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optclip import _checks
+from optclip import _checks, _gradient_checks
 from optclip._keys import key_data, wrap
-from optclip._numerics import global_norm, safe_divide
+from optclip._numerics import global_norm, momentum_zeros, safe_divide
 from optclip._states import find_state
 from optclip._types import KeyLike, Mask, Scalar
 from optclip._weight_decay import decoupled_weight_decay
@@ -87,7 +87,7 @@ def scale_by_stochastic_ingd(
     data, impl = key_data(key)
 
     def init_fn(params):
-        zeros = optax.tree.zeros_like(params, dtype=jnp.float32)
+        zeros = momentum_zeros(params, jnp.float32)
         return StochasticIngdState(
             count=jnp.zeros([], jnp.int32),
             momentum=zeros,
@@ -98,15 +98,17 @@ def scale_by_stochastic_ingd(
 
     def update_fn(updates, state, params=None):
         del params
+        _gradient_checks.check_like(updates, state.momentum, "the momentum")
         first = state.count == 0
         # m_1 = g(x_1): the first step takes the gradient itself.
         b = jnp.where(first, 0.0, beta)
         m = jax.tree.map(
-            lambda g, mu: b * mu + (1.0 - b) * g.astype(jnp.float32), updates, state.momentum
+            lambda g, mu: b * mu + (1.0 - b) * g.astype(mu.dtype), updates, state.momentum
         )
         norm = global_norm(m)
         inv = safe_divide(jnp.float32(1.0), p * norm + q)
-        u = jax.random.uniform(jax.random.fold_in(wrap(state.key, impl), state.count))
+        step_key = jax.random.fold_in(wrap(state.key, impl), state.count)
+        u = jax.random.uniform(step_key, (), jnp.float32)
         # x_{t+1} - x_t = -inv m_t; y_{t+1} - y_t = (x_t - y_t) + u (x_{t+1} - x_t), where
         # x_t - y_t = c_t m_{t-1}; and x_{t+1} - y_{t+1} = -(1 - u) inv m_t.
         out = jax.tree.map(
@@ -117,8 +119,8 @@ def scale_by_stochastic_ingd(
         )
         return out, StochasticIngdState(
             count=optax.safe_increment(state.count),
-            momentum=m,
-            offset_scale=-(1.0 - u) * inv,
+            momentum=optax.tree.cast_like(m, state.momentum),
+            offset_scale=(-(1.0 - u) * inv).astype(jnp.float32),
             key=state.key,
             momentum_norm=norm,
         )
@@ -202,7 +204,7 @@ def ingd_iterate(params: optax.Params, state: optax.OptState) -> optax.Params:
         raise ValueError("`state` holds no Stochastic INGD state.")
     c = s.offset_scale
     return jax.tree.map(
-        lambda p, m: (p.astype(jnp.float32) + c * m).astype(p.dtype), params, s.momentum
+        lambda p, m: (p.astype(m.dtype) + c * m).astype(p.dtype), params, s.momentum
     )
 
 

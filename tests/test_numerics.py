@@ -172,3 +172,37 @@ class TestPowerMean:
     def test_huge_inputs_do_not_overflow(self, alpha):
         got = power_mean(jnp.float32(0.0), jnp.float32(3e38), 0.5, alpha)
         assert np.isfinite(float(got)) and float(got) > 1e38
+
+
+# Complex leaves by modulus (rule 5), checked against the definitions written with numpy.
+Z = {"a": np.array([3 + 4j, -1j, 0j], np.complex64), "b": np.array([[2 - 2j]], np.complex64)}
+
+
+def test_global_norm_of_complex_leaves_uses_moduli():
+    expected = np.sqrt(sum(np.sum(np.abs(v.astype(np.complex128)) ** 2) for v in Z.values()))
+    np.testing.assert_allclose(optclip.global_norm(Z), expected, rtol=1e-6)
+    # The rescaled path (entries whose squares underflow float32) agrees.
+    tiny = jax.tree.map(lambda v: v * np.complex64(1e-25), Z)
+    np.testing.assert_allclose(optclip.global_norm(tiny), expected * 1e-25, rtol=1e-5)
+
+
+def test_clipping_a_complex_update_keeps_each_phase():
+    tau = 1.5
+    u, _ = optclip.clip_coordinatewise(tau).update(Z, optclip.clip_coordinatewise(tau).init(Z))
+    for k, v in Z.items():
+        v = v.astype(np.complex128)
+        expected = np.where(np.abs(v) > tau, tau * v / np.where(v == 0, 1, np.abs(v)), v)
+        np.testing.assert_allclose(u[k], expected, rtol=1e-6, atol=1e-7)
+    g, _ = optclip.clip_by_global_norm(tau).update(Z, optclip.clip_by_global_norm(tau).init(Z))
+    norm = np.sqrt(sum(np.sum(np.abs(v.astype(np.complex128)) ** 2) for v in Z.values()))
+    for k, v in Z.items():
+        np.testing.assert_allclose(g[k], v * (tau / norm), rtol=1e-6)
+
+
+def test_acclip_on_complex_keeps_complex_momentum_and_a_real_threshold():
+    tx = optclip.scale_by_acclip(b1=0.5, b2=0.5, initial_threshold=1.0)
+    _, state = tx.update(Z, tx.init(Z))
+    for k, v in Z.items():
+        assert state.mu[k].dtype == np.complex64 and state.tau[k].dtype == np.float32
+        np.testing.assert_allclose(state.mu[k], 0.5 * v, rtol=1e-6)
+        np.testing.assert_allclose(state.tau[k], 0.5 * 1.0 + 0.5 * np.abs(v), rtol=1e-6)
