@@ -47,7 +47,8 @@ def transformer_setup(quick, over):
     )
     steps = over.get("steps") or steps
     seeds = list(range(over.get("seeds") or seeds))
-    return charlm, charlm.Task.make(cfg, max_chars=max_chars), steps, seeds
+    task = charlm.Task.make(cfg, max_chars, text=charlm.stdlib_text(max_chars))
+    return charlm, task, steps, seeds
 
 
 def window_curve(values, window):

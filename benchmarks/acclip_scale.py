@@ -64,7 +64,7 @@ CONFIGS = {
 
 
 def run(names, cfg, steps, seeds, grids=None, progress=True, max_chars=1_500_000):
-    task = charlm.Task.make(cfg, max_chars=max_chars)
+    task = charlm.Task.make(cfg, max_chars, text=charlm.stdlib_text(max_chars))
     results = dict(params=task.num_params(), steps=steps, seeds=list(seeds), rows={})
     jobs = [(n, lr) for n in names for lr in (grids or {}).get(n, CONFIGS[n][1])]
     bar = tqdm(jobs, desc="runs", disable=not progress, file=sys.stderr)

@@ -73,7 +73,8 @@ def transformer_case(num_batches, quick):
         if quick
         else charlm.Config(batch=8)
     )
-    task = charlm.Task.make(cfg, max_chars=200_000 if quick else 1_500_000)
+    max_chars = 200_000 if quick else 1_500_000
+    task = charlm.Task.make(cfg, max_chars, text=charlm.stdlib_text(max_chars))
     params = task.init_params(0)
     loss = lambda p, starts: task.loss(p, task.train, starts)
     return loss, params, task.batch_starts(0, num_batches), task.num_params()

@@ -54,7 +54,12 @@ def _rescaled_norm(leaves: list[jax.Array]) -> jax.Array:
     scale = jnp.max(jnp.stack([jnp.max(jnp.abs(x)).astype(jnp.float32) for x in leaves]))
     # inf/NaN scales are left to produce a non-finite norm (rule 1).
     safe = jnp.where((scale > 0) & jnp.isfinite(scale), scale, 1.0)
-    ssq = sum(jnp.sum(jnp.square(jnp.abs(x).astype(jnp.float32) / safe)) for x in leaves)
+    # |x| only for complex leaves: on real leaves the extra abs kept XLA:CPU from fusing this
+    # pass, which then wrote a parameter-sized temporary.
+    ssq = sum(
+        jnp.sum(jnp.square((jnp.abs(x) if jnp.iscomplexobj(x) else x).astype(jnp.float32) / safe))
+        for x in leaves
+    )
     return safe * jnp.sqrt(ssq)
 
 

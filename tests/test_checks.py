@@ -88,3 +88,48 @@ def test_python_zero_may_drop_state_but_an_array_zero_keeps_it():
 def test_mu_dtype_is_checked_by_name(bad):
     with pytest.raises(TypeError, match="`mu_dtype` must be a floating dtype"):
         optclip.acclip(0.1, mu_dtype=bad)
+
+
+# Every hyperparameter for which 0 is valid, on its optimizer.
+ZERO_VALID = [
+    (optclip.acclip, dict(learning_rate=0.1), arg)
+    for arg in ("learning_rate", "b1", "b2", "eps", "initial_threshold", "weight_decay")
+] + [
+    (optclip.acclip, dict(learning_rate=0.01, rms_scale=True), "b2"),
+    (optclip.gclip, dict(learning_rate=0.1, threshold=1.0, b1=0.9), "threshold"),
+    (optclip.gclip, dict(learning_rate=0.1, threshold=1.0, b1=0.9), "b1"),
+    (optclip.cclip, dict(learning_rate=0.1, threshold=0.5, b1=0.9), "threshold"),
+    (optclip.cclip, dict(learning_rate=0.1, threshold=0.5, b1=0.9), "b1"),
+    (optclip.generalized_signsgd, dict(learning_rate=0.01), "b1"),
+    (optclip.generalized_signsgd, dict(learning_rate=0.01), "b2"),
+    (optclip.generalized_signsgd, dict(learning_rate=0.01, eps=1e-3), "eps"),
+    (optclip.normalized_momentum_sgd, dict(learning_rate=0.1), "b1"),
+    (optclip.clip_momentum_sgd, dict(learning_rate=0.1, gamma=0.2, nu=0.7), "nu"),
+    (optclip.clip_momentum_sgd, dict(learning_rate=0.1, gamma=0.2, nu=0.7), "b1"),
+    (optclip.stochastic_ingd, dict(), "q"),
+    (optclip.stochastic_ingd, dict(), "beta"),
+    (optclip.stochastic_ingd, dict(weight_decay=1e-2), "weight_decay"),
+]
+
+
+@pytest.mark.parametrize(
+    "factory,kwargs,arg", ZERO_VALID, ids=[f"{f.__name__}-{a}" for f, _, a in ZERO_VALID]
+)
+def test_every_form_of_zero_gives_the_same_updates(factory, kwargs, arg):
+    params = {"w": jnp.array([1.0, -2.0, 3.0]), "b": jnp.array(0.5)}
+    grads = [jax.tree.map(lambda p, k=k: p * (k - 1.5), params) for k in range(3)]
+
+    def run(zero):
+        tx = factory(**{**kwargs, arg: zero})
+        state, p, out = tx.init(params), params, []
+        for g in grads:
+            u, state = tx.update(g, state, p)
+            p = optax.apply_updates(p, u)
+            out.append(p)
+        return out
+
+    reference = run(0)
+    for zero in (0.0, np.float32(0), np.int64(0), jnp.float32(0)):
+        for a, b in zip(run(zero), reference, strict=True):
+            np.testing.assert_allclose(a["w"], b["w"], rtol=1e-6, err_msg=repr(zero))
+            np.testing.assert_allclose(a["b"], b["b"], rtol=1e-6, err_msg=repr(zero))

@@ -16,15 +16,70 @@ def test_quick_regression_demo_prints_table_and_reading(capsys):
         assert name in out
 
 
-def test_quick_transformer_demo_trains_and_saves_the_plot(tmp_path, capsys):
+def test_quick_transformer_demo_trains_on_two_seeds_and_saves_its_own_plot(tmp_path, capsys):
     assert demo.main(["--quick", "--no-progress", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    for name in ("adam", "acclip", "sgd_momentum", "gclip", "val loss", "Reading:"):
+    for name in ("adam", "acclip", "sgd_momentum", "gclip", "mean ± std", "seeds 0-1", "Reading:"):
         assert name in out
-    assert (tmp_path / "demo_loss.png").stat().st_size > 1000
-    _, rows, curves = demo.train_transformer(["adam"], steps=30, seed=0, quick=True, progress=False)
-    assert rows[0]["val"] < 4.85  # below the uniform-guess loss log(128) = 4.85
+    # A quick run must not overwrite the full run's plot.
+    assert (tmp_path / "demo_loss_quick.png").stat().st_size > 1000
+    assert not (tmp_path / "demo_loss.png").exists()
+    _, rows, curves = demo.train_transformer(
+        ["adam"], steps=30, seeds=[0, 1], quick=True, progress=False
+    )
+    assert rows[0]["val"].shape == (2,)
+    assert rows[0]["val"][0] != rows[0]["val"][1]  # two seeds, two runs
+    assert np.all(rows[0]["val"] < 4.85)  # below the uniform-guess loss log(128) = 4.85
     assert curves["adam"][-1] < curves["adam"][0]
+
+
+def _row(name, *val):
+    return dict(name=name, val=np.array(val))
+
+
+@pytest.mark.parametrize(
+    "a,b,expected",
+    [
+        # Gap 0.001 against a spread of std(1.000, 1.010) = 0.00707: another seed could flip it.
+        (_row("acclip", 1.000, 1.010), _row("adam", 1.001, 1.011), "tie"),
+        # Gap 0.1 against the same spread: a win.
+        (_row("acclip", 1.000, 1.010), _row("adam", 1.100, 1.110), "acclip"),
+        (_row("acclip", 1.100, 1.110), _row("adam", 1.000, 1.010), "adam"),
+        # The larger spread of the two decides: std(0.9, 1.1) = 0.141 > gap 0.1.
+        (_row("acclip", 0.9, 1.1), _row("adam", 1.1, 1.1), "tie"),
+        # One seed has no spread: any gap decides.
+        (_row("acclip", 1.0), _row("adam", 1.0001), "acclip"),
+    ],
+)
+def test_compare_says_tie_within_the_seed_spread(a, b, expected):
+    assert demo.compare(a, b) == expected
+
+
+def test_the_demo_text_does_not_depend_on_the_interpreter(monkeypatch, tmp_path):
+    from optclip.demo import charlm, corpus
+
+    shipped = corpus.text()
+    assert len(shipped) > 300_000 and "ACClip" in shipped
+    # Nothing is read from the standard library: point it at an empty folder.
+    monkeypatch.setattr(charlm.sysconfig, "get_paths", lambda: {"stdlib": str(tmp_path)})
+    task = charlm.Task.make(charlm.Config(d_model=8, heads=1, layers=1, seq=8, batch=2), 50_000)
+    data = np.concatenate([np.asarray(task.train), np.asarray(task.val)])
+    np.testing.assert_array_equal(data, charlm.encode(shipped[:50_000]))
+    # Rebuilding writes the same bytes for the same text (no timestamp in the gzip header).
+    corpus.write(shipped[:1000], tmp_path / "a.gz")
+    corpus.write(shipped[:1000], tmp_path / "b.gz")
+    assert (tmp_path / "a.gz").read_bytes() == (tmp_path / "b.gz").read_bytes()
+
+
+def test_every_flag_says_what_it_does(capsys):
+    with pytest.raises(SystemExit):
+        demo.main(["--help"])
+    text = capsys.readouterr().out
+    flags = [w.rstrip(",") for w in text.split() if w.startswith("--") and len(w) > 2]
+    assert set(flags) >= {"--task", "--steps", "--seed", "--seeds", "--optimizers", "--out"}
+    parser_help = {a.option_strings[-1]: a.help for a in demo._parser()._actions}
+    for flag, help_text in parser_help.items():
+        assert help_text and len(help_text.split()) >= 3, f"{flag} has no help"
 
 
 def test_clipping_beats_sgd_in_expectation():
@@ -43,7 +98,9 @@ def test_clipping_beats_sgd_in_expectation():
     assert by["gclip"]["mean"] < by["sgd"]["mean"]
 
 
-@pytest.mark.parametrize("argv", [["--optimizers", "nope"], ["--steps", "0"], ["--bogus"]])
+@pytest.mark.parametrize(
+    "argv", [["--optimizers", "nope"], ["--steps", "0"], ["--seeds", "0"], ["--bogus"]]
+)
 def test_bad_flags_are_usage_errors(argv, capsys):
     with pytest.raises(SystemExit) as info:
         demo.main(argv)

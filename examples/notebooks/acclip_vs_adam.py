@@ -44,7 +44,8 @@ from optclip.demo import charlm
 FAST = bool(os.environ.get("OPTCLIP_FAST"))
 cfg = charlm.Config(d_model=32, heads=2, layers=1, seq=32, batch=8) if FAST else charlm.Config()
 STEPS = 20 if FAST else 400
-task = charlm.Task.make(cfg, max_chars=100_000 if FAST else 1_500_000)
+max_chars = 100_000 if FAST else 1_500_000
+task = charlm.Task.make(cfg, max_chars, text=charlm.stdlib_text(max_chars))
 print(f"{task.num_params()} parameters, {task.train.shape[0]} training characters")
 
 # %%

@@ -1,11 +1,13 @@
 """optclip's demo: a small transformer trained with Adam, ACClip, SGD and GClip.
 
 ``python -m optclip.demo`` trains the causal character-level transformer of
-:mod:`optclip.demo.charlm` on the Python standard library's own source files (no
-download) with each optimizer at the learning rate that measured best in
-``benchmarks/acclip_scale.py``, prints a table of training and validation loss,
-and saves a plot of the loss curves. About 2-3 minutes on 2 CPU cores;
-``--quick`` takes seconds.
+:mod:`optclip.demo.charlm` on a text shipped with the package (a snapshot of
+optclip's own sources and docs, :mod:`optclip.demo.corpus`; the same on every
+Python) with each optimizer at the learning rate that measured best in
+``benchmarks/acclip_scale.py``, on two seeds. It prints a table of training
+and validation loss (mean ± std over seeds), says which of ACClip and Adam did
+better or that they tie (a gap within the seed-to-seed spread), and saves a
+plot of the loss curves. ``--quick`` takes seconds. README.md gives the times.
 
 ``python -m optclip.demo --task regression`` runs the heavy-tailed-noise
 comparison instead: linear regression whose labels carry Student-t(1.5) noise
@@ -156,8 +158,12 @@ TRANSFORMER_OPTIMIZERS: dict[str, tuple[Callable[[float], optax.GradientTransfor
 DEFAULT_TRANSFORMER = "adam,acclip,sgd_momentum,gclip"
 
 
-def train_transformer(names, steps, seed, quick, progress=True):
-    """Trains the char transformer with each optimizer; returns rows and loss curves."""
+def train_transformer(names, steps, seeds, quick, progress=True):
+    """Trains the char transformer with each optimizer on every seed (vmapped).
+
+    Returns the task, one row per optimizer (``val`` holds the validation
+    loss of each seed) and each optimizer's training-loss curve, averaged over seeds.
+    """
     cfg = (
         charlm.Config(d_model=32, heads=2, layers=1, seq=32, batch=8)
         if quick
@@ -170,19 +176,37 @@ def train_transformer(names, steps, seed, quick, progress=True):
         make, lr = TRANSFORMER_OPTIMIZERS[name]
         bar.set_postfix_str(f"{name} (lr {lr:g})")
         start = time.perf_counter()
-        val, losses, _ = charlm.train_seeds(task, make(lr), [seed], steps)
-        curves[name] = losses[0]
+        val, losses, _ = charlm.train_seeds(task, make(lr), list(seeds), steps)
+        curves[name] = np.mean(losses, axis=0)
         tail = max(1, steps // 20)
         rows.append(
             dict(
                 name=name,
                 lr=lr,
-                train=float(np.mean(losses[0, -tail:])),
-                val=float(val[0]),
+                train=float(np.mean(losses[:, -tail:])),
+                val=np.asarray(val, np.float64),
                 seconds=time.perf_counter() - start,
             )
         )
     return task, rows, curves
+
+
+def spread(values: np.ndarray) -> float:
+    """Seed-to-seed standard deviation (``ddof=1``; 0 for a single seed)."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def compare(a: dict, b: dict) -> str:
+    """Which of two rows has the lower mean validation loss, or "tie".
+
+    A tie when the gap between the means is within the seed-to-seed spread (the
+    larger of the two standard deviations): then another seed could reverse the
+    order. With one seed there is no spread and every gap counts.
+    """
+    gap = float(np.mean(a["val"]) - np.mean(b["val"]))
+    if abs(gap) <= max(spread(a["val"]), spread(b["val"])):
+        return "tie"
+    return a["name"] if gap < 0 else b["name"]
 
 
 def _save_curves(curves, path):
@@ -193,9 +217,26 @@ def _save_curves(curves, path):
         w = max(1, len(c) // 40)
         ax.plot(np.convolve(c, np.ones(w) / w, mode="valid"), label=name)
     ax.set_xlabel("step")
-    ax.set_ylabel(f"training loss ({max(1, len(c) // 40)}-step mean)")
+    ax.set_ylabel(f"training loss ({max(1, len(c) // 40)}-step mean over seeds)")
     ax.legend()
     return save(fig, path)
+
+
+def _reading(rows) -> str:
+    by = {r["name"]: r for r in rows}
+    best = min(rows, key=lambda r: np.mean(r["val"]))
+    line = f"Reading: lowest mean validation loss with {best['name']}"
+    if "adam" in by and "acclip" in by:
+        a, b = by["acclip"], by["adam"]
+        result = compare(a, b)
+        gap = abs(np.mean(a["val"]) - np.mean(b["val"]))
+        within = max(spread(a["val"]), spread(b["val"]))
+        verdict = "a tie" if result == "tie" else f"{result} wins"
+        line += (
+            f"; ACClip at Adam's learning rate vs Adam: {verdict} (gap {gap:.4f}, "
+            f"seed-to-seed spread {within:.4f})"
+        )
+    return line + "."
 
 
 def _transformer_main(args, parser) -> int:
@@ -204,60 +245,105 @@ def _transformer_main(args, parser) -> int:
     if unknown:
         parser.error(f"unknown optimizer(s) {unknown}; choose from {list(TRANSFORMER_OPTIMIZERS)}")
     steps = args.steps or (30 if args.quick else 400)
+    seeds = range(args.seed, args.seed + (args.seeds or 2))
     start = time.perf_counter()
     task, rows, curves = train_transformer(
-        names, steps, args.seed, args.quick, progress=not args.no_progress
+        names, steps, seeds, args.quick, progress=not args.no_progress
     )
     print(
-        f"Character transformer ({task.num_params()} parameters) on the standard library's "
-        f"source, {steps} steps of {task.cfg.batch}x{task.cfg.seq} characters, seed {args.seed}."
+        f"Character transformer ({task.num_params()} parameters) on optclip's own sources and "
+        f"docs, {steps} steps of {task.cfg.batch}x{task.cfg.seq} characters, "
+        f"seeds {seeds.start}-{seeds.stop - 1} (mean ± std over seeds)."
     )
-    print(f"{'optimizer':<16}{'lr':>8}{'train loss':>12}{'val loss':>10}{'seconds':>9}")
-    for r in sorted(rows, key=lambda r: r["val"]):
-        print(
-            f"{r['name']:<16}{r['lr']:>8g}{r['train']:>12.4f}{r['val']:>10.4f}{r['seconds']:>9.1f}"
-        )
-    by = {r["name"]: r for r in rows}
-    best = min(rows, key=lambda r: r["val"])
-    line = f"Reading: lowest validation loss with {best['name']} ({best['val']:.3f})"
-    if "adam" in by and "acclip" in by:
-        line += (
-            f"; ACClip at Adam's learning rate {by['acclip']['val']:.3f} vs Adam "
-            f"{by['adam']['val']:.3f} (one seed; benchmarks/acclip_scale.py has 3 seeds and grids)"
-        )
-    print(line + ".")
-    png = _save_curves(curves, Path(args.out) / "demo_loss.png")
+    print(
+        f"{'optimizer':<16}{'lr':>8}{'train loss':>12}{'val loss (mean ± std)':>24}{'seconds':>9}"
+    )
+    for r in sorted(rows, key=lambda r: np.mean(r["val"])):
+        val = f"{np.mean(r['val']):.4f} ± {spread(r['val']):.4f}"
+        print(f"{r['name']:<16}{r['lr']:>8g}{r['train']:>12.4f}{val:>24}{r['seconds']:>9.1f}")
+    print(_reading(rows))
+    plot = "demo_loss_quick.png" if args.quick else "demo_loss.png"
+    png = _save_curves(curves, Path(args.out) / plot)
     print(f"loss curves saved to {png}" if png else "(install matplotlib for the loss-curve plot)")
     print(f"({time.perf_counter() - start:.1f}s on {jax.devices()[0].platform})")
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m optclip.demo", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--task", choices=("transformer", "regression"), default="transformer")
+    parser.add_argument(
+        "--task",
+        choices=("transformer", "regression"),
+        default="transformer",
+        help="transformer: a character transformer on text (default); regression: linear "
+        "regression under infinite-variance label noise",
+    )
     parser.add_argument(
         "--steps",
         type=int,
         default=None,
-        help="training steps (default 400 for the transformer, 1000 for regression)",
+        help="training steps per run (default 400 for the transformer, 30 with --quick; "
+        "1000 for regression, at most 200 with --quick)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="transformer seed (default 0)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="transformer: the first seed; runs use seeds SEED, SEED+1, ... (default 0)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help="how many seeds (each: its own initialization and batches) every optimizer runs "
+        "on; the table shows mean ± std over them (default 2 for the transformer; for "
+        "regression, 8 held-out seeds, at most 3 with --quick)",
+    )
     parser.add_argument(
         "--optimizers",
         default=None,
-        help="comma-separated subset; transformer: "
+        help="comma-separated subset to run; transformer: "
         + ", ".join(TRANSFORMER_OPTIMIZERS)
-        + "; regression: "
-        + ", ".join(OPTIMIZERS),
+        + f" (default {DEFAULT_TRANSFORMER}); regression: "
+        + ", ".join(OPTIMIZERS)
+        + " (default all)",
     )
-    parser.add_argument("--out", default="out", help="folder for the plot (default out/)")
-    parser.add_argument("--dim", type=int, default=50, help="regression: features (default 50)")
-    parser.add_argument("--batch", type=int, default=8, help="regression: batch (default 8)")
-    parser.add_argument("--seeds", type=int, default=8, help="regression: held-out seeds")
-    parser.add_argument("--quick", action="store_true", help="a run of seconds, for smoke tests")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.add_argument(
+        "--out",
+        default="out",
+        help="folder for the loss-curve plot: demo_loss.png, or demo_loss_quick.png with "
+        "--quick (default out/)",
+    )
+    parser.add_argument(
+        "--dim", type=int, default=50, help="regression: number of features (default 50)"
+    )
+    parser.add_argument(
+        "--batch", type=int, default=8, help="regression: examples per minibatch (default 8)"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smaller model and fewer steps: a run of seconds that checks the set-up, "
+        "not a result",
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="hide the progress bars (written to stderr)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the demo; ``argv`` as on the command line (``--help`` lists the flags).
+
+    Args:
+      argv: the arguments; ``sys.argv[1:]`` if ``None``.
+
+    Returns:
+      The exit status, 0.
+    """
+    parser = _parser()
     args = parser.parse_args(argv)
     for flag in ("steps", "dim", "batch", "seeds"):
         value = getattr(args, flag)
@@ -274,6 +360,7 @@ def _regression_main(args, parser) -> int:
     if unknown:
         parser.error(f"unknown optimizer(s) {unknown}; choose from {list(OPTIMIZERS)}")
     args.steps = args.steps or 1000
+    args.seeds = args.seeds or 8
     if args.quick:
         args.steps, args.seeds = min(args.steps, 200), min(args.seeds, 3)
     start = time.perf_counter()

@@ -1,11 +1,12 @@
-"""A small causal character-level transformer on the Python standard library's own source.
+"""A small causal character-level transformer, and the text it trains on.
 
 Shared by the demo, the examples and the benchmarks that train a real
-attention model on 2 CPU cores. The
-text needs no download: it is read at run time from the ``.py`` files at the
-top of this interpreter's standard library, in sorted order, so the data (and
-the train/validation split: the last 10% of characters) is deterministic for a
-given Python version.
+attention model on 2 CPU cores. No text needs a download. The default is the
+snapshot shipped with the package (:mod:`optclip.demo.corpus`), the same on
+every Python version; :func:`stdlib_text` reads the ``.py`` files at the top of
+this interpreter's standard library instead (the corpus of the measurements in
+``docs/results.md``; it differs between Python versions). The last 10% of the
+characters are the validation split.
 
 Training is functional so that seeds can be batched with ``jax.vmap``: the
 Flax NNX model is split into a graph definition and a parameter state once,
@@ -24,10 +25,13 @@ import numpy as np
 import optax
 from flax import nnx
 
+from optclip.demo import corpus
+
 VOCAB = 128  # ASCII; anything else maps to 127
 
 
 def stdlib_text(max_chars: int = 1_500_000) -> str:
+    """The first ``max_chars`` characters of this interpreter's top-level stdlib ``.py`` files."""
     root = Path(sysconfig.get_paths()["stdlib"])
     parts, total = [], 0
     for path in sorted(root.glob("*.py")):
@@ -96,8 +100,11 @@ class Task:
     graphdef: nnx.GraphDef
 
     @classmethod
-    def make(cls, cfg: Config = Config(), max_chars: int = 1_500_000) -> Task:
-        data = encode(stdlib_text(max_chars))
+    def make(
+        cls, cfg: Config = Config(), max_chars: int = 1_500_000, text: str | None = None
+    ) -> Task:
+        """A task on ``text`` (default: the shipped corpus), cut to ``max_chars`` characters."""
+        data = encode((corpus.text() if text is None else text)[:max_chars])
         split = int(0.9 * len(data))
         graphdef, _ = nnx.split(CharTransformer(cfg, nnx.Rngs(0)), nnx.Param)
         return cls(cfg, jnp.asarray(data[:split]), jnp.asarray(data[split:]), graphdef)
