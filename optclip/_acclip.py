@@ -12,7 +12,7 @@ from optclip import _checks, _gradient_checks
 from optclip._acclip_threshold import alpha_moment_update, first_step_decay, init_threshold
 from optclip._coordinate_clip import coordinate_clip
 from optclip._momentum import ema_update
-from optclip._numerics import fraction_true, momentum_zeros, real_zeros
+from optclip._numerics import fraction_true, momentum_zeros
 from optclip._trees import unzip
 from optclip._types import Scalar
 
@@ -125,7 +125,7 @@ def scale_by_acclip(
             count=jnp.zeros([], jnp.int32),
             mu=momentum_zeros(params, dtype),
             tau=init_threshold(params, initial_threshold),
-            rms=real_zeros(params) if rms_scale else None,
+            rms=optax.tree.zeros_like(params, dtype=jnp.float32) if rms_scale else None,
             eps=jnp.asarray(eps, jnp.float32),
         )
 

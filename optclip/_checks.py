@@ -31,7 +31,7 @@ def static_value(x: object) -> float | None:
     if isinstance(x, jax.core.Tracer):
         return None
     if isinstance(x, np.generic | np.ndarray | jax.Array) and np.ndim(x) == 0:
-        if np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer):
+        if _is_real_dtype(x.dtype):
             return float(np.asarray(x))
     return None
 

@@ -13,11 +13,6 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def _dtype(leaf: object) -> np.dtype:
-    dtype = getattr(leaf, "dtype", None)
-    return np.dtype(np.result_type(leaf) if dtype is None else dtype)
-
-
 def _by_path(tree: chex.ArrayTree) -> dict[str, object]:
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
     return {jax.tree_util.keystr(path): leaf for path, leaf in flat}
@@ -28,8 +23,12 @@ def check_dtypes(updates: chex.ArrayTree) -> None:
 
     Those gradients would otherwise give a silent all-zero or truncated update.
     """
-    for path, leaf in _by_path(updates).items():
-        dtype = _dtype(leaf)
+    _check_dtypes(_by_path(updates))
+
+
+def _check_dtypes(grads: dict[str, object]) -> None:
+    for path, leaf in grads.items():
+        dtype = np.dtype(jnp.result_type(leaf))
         if not jnp.issubdtype(dtype, jnp.inexact):
             raise TypeError(
                 f"Gradient leaf `{path}` has dtype {dtype.name}; optclip needs floating or "
@@ -46,12 +45,11 @@ def check_like(updates: chex.ArrayTree, state_tree: chex.ArrayTree, what: str) -
       state_tree: a parameter-shaped tree from the transform's state.
       what: how the message names ``state_tree`` (e.g. "the momentum").
     """
-    check_dtypes(updates)
+    grads = _by_path(updates)
+    _check_dtypes(grads)
     same: bool = jax.tree.structure(updates) == jax.tree.structure(state_tree)  # type: ignore[operator]
     if same:
-        for (path, g), s in zip(
-            _by_path(updates).items(), jax.tree.leaves(state_tree), strict=True
-        ):
+        for (path, g), s in zip(grads.items(), jax.tree.leaves(state_tree), strict=True):
             if np.shape(g) != np.shape(s):
                 raise ValueError(
                     f"Gradient leaf `{path}` has shape {np.shape(g)}, but {what} in the "
@@ -59,7 +57,7 @@ def check_like(updates: chex.ArrayTree, state_tree: chex.ArrayTree, what: str) -
                     "by `init` for other params."
                 )
         return
-    grads, state = _by_path(updates), _by_path(state_tree)
+    state = _by_path(state_tree)
     missing = sorted(set(state) - set(grads))
     extra = sorted(set(grads) - set(state))
     detail = []

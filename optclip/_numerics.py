@@ -27,7 +27,6 @@ from __future__ import annotations
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from optclip._checks import static_value
@@ -93,23 +92,16 @@ def global_norm(tree: chex.ArrayTree) -> jax.Array:
     return jax.lax.cond(fast, lambda leaves: jnp.sqrt(sq), rescaled, leaves)
 
 
-def stat_dtype(dtype: jax.typing.DTypeLike, leaf_dtype: jax.typing.DTypeLike) -> np.dtype:
-    """The stored dtype of a leaf's momentum: ``dtype``, made complex for a complex leaf."""
-    if jnp.issubdtype(leaf_dtype, jnp.complexfloating):
-        return np.dtype(jnp.promote_types(dtype, leaf_dtype))
-    return np.dtype(dtype)
-
-
 def momentum_zeros(params: optax.Params, dtype: jax.typing.DTypeLike) -> optax.Updates:
-    """Zeros shaped like ``params`` in :func:`stat_dtype` (rule 5)."""
-    return jax.tree.map(
-        lambda p: jnp.zeros_like(p, dtype=stat_dtype(dtype, jnp.result_type(p))), params
-    )
+    """Zeros shaped like ``params`` in ``dtype``, made complex for complex leaves (rule 5)."""
 
+    def zeros(p):
+        leaf_dtype = jnp.result_type(p)
+        if jnp.issubdtype(leaf_dtype, jnp.complexfloating):
+            return jnp.zeros_like(p, dtype=jnp.promote_types(dtype, leaf_dtype))
+        return jnp.zeros_like(p, dtype=dtype)
 
-def real_zeros(params: optax.Params) -> optax.Updates:
-    """float32 zeros shaped like ``params``, for magnitudes (thresholds, RMS)."""
-    return optax.tree.zeros_like(params, dtype=jnp.float32)
+    return jax.tree.map(zeros, params)
 
 
 def clip_factor(norm: jax.typing.ArrayLike, threshold: jax.typing.ArrayLike) -> jax.Array:

@@ -10,7 +10,7 @@ import optax
 
 from optclip import _checks, _gradient_checks
 from optclip._momentum import ema_momentum
-from optclip._numerics import power_mean, real_zeros, safe_divide
+from optclip._numerics import power_mean, safe_divide
 from optclip._trees import unzip
 from optclip._types import Scalar
 
@@ -75,7 +75,7 @@ def normalize_by_running_rms(
     _checks.check_nonnegative("eps", eps)
 
     def init_fn(params):
-        return RunningRmsState(rms=real_zeros(params))
+        return RunningRmsState(rms=optax.tree.zeros_like(params, dtype=jnp.float32))
 
     def update_fn(updates, state, params=None):
         del params

@@ -196,6 +196,12 @@ def spread(values: np.ndarray) -> float:
     return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
+def _gap_and_spread(a: dict, b: dict) -> tuple[float, float]:
+    """Mean validation loss of ``a`` minus ``b``, and the larger seed-to-seed spread."""
+    gap = float(np.mean(a["val"]) - np.mean(b["val"]))
+    return gap, max(spread(a["val"]), spread(b["val"]))
+
+
 def compare(a: dict, b: dict) -> str:
     """Which of two rows has the lower mean validation loss, or "tie".
 
@@ -203,8 +209,8 @@ def compare(a: dict, b: dict) -> str:
     larger of the two standard deviations): then another seed could reverse the
     order. With one seed there is no spread and every gap counts.
     """
-    gap = float(np.mean(a["val"]) - np.mean(b["val"]))
-    if abs(gap) <= max(spread(a["val"]), spread(b["val"])):
+    gap, within = _gap_and_spread(a, b)
+    if abs(gap) <= within:
         return "tie"
     return a["name"] if gap < 0 else b["name"]
 
@@ -229,11 +235,10 @@ def _reading(rows) -> str:
     if "adam" in by and "acclip" in by:
         a, b = by["acclip"], by["adam"]
         result = compare(a, b)
-        gap = abs(np.mean(a["val"]) - np.mean(b["val"]))
-        within = max(spread(a["val"]), spread(b["val"]))
+        gap, within = _gap_and_spread(a, b)
         verdict = "a tie" if result == "tie" else f"{result} wins"
         line += (
-            f"; ACClip at Adam's learning rate vs Adam: {verdict} (gap {gap:.4f}, "
+            f"; ACClip at Adam's learning rate vs Adam: {verdict} (gap {abs(gap):.4f}, "
             f"seed-to-seed spread {within:.4f})"
         )
     return line + "."
