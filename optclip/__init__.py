@@ -35,6 +35,7 @@ from optclip._normalize import (
     scale_by_clip_momentum,
 )
 from optclip._numerics import clip_factor, global_norm
+from optclip._sharding import state_shardings
 from optclip._sign import (
     RunningRmsState,
     normalize_by_running_rms,
@@ -95,6 +96,8 @@ __all__ = [
     "coordinate_clip",
     "ema_update",
     "global_norm",
+    # Sharding: where the state lives on a mesh (ZeRO stage 1 / FSDP).
+    "state_shardings",
     # Adam as clipping.
     "ClippingEquivalent",
     "adam_as_clipping",

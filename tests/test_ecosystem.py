@@ -195,14 +195,7 @@ def _sharded_grads(steps, mesh):
 
 def _state_shardings(tx, params, mesh):
     """State shardings that follow the params; scalars and counts are replicated."""
-    abstract = jax.eval_shape(tx.init, params)
-    return optax.tree_map_params(
-        tx,
-        lambda _, p: p.sharding,
-        abstract,
-        params,
-        transform_non_params=lambda _: NamedSharding(mesh, P()),
-    )
+    return optclip.state_shardings(tx, params, mesh, data_axis=None)
 
 
 def _sharded_step(tx, params, mesh):

@@ -1,0 +1,171 @@
+"""Where an optimizer's state lives on a mesh: with the parameters, or sharded over data.
+
+Data-parallel training replicates the parameters on every device of the data
+axis; an Adam-like state (two parameter-sized leaves) replicated the same way
+is most of the memory. :func:`state_shardings` lays each parameter-shaped state
+leaf out like its parameter and, where the parameter is not split over the
+data axis, splits the leaf over that axis as well (ZeRO stage 1). Training is
+unchanged: the update is element-wise in the state, so XLA computes each
+device's slice where it is stored and gathers only the parameter update.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+
+import chex
+import jax
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """A parameter's partition spec, held as one pytree leaf."""
+
+    spec: tuple[object, ...]
+
+
+def _axes(entry: object) -> tuple[str, ...]:
+    """The mesh axes one dimension of a partition spec is split over."""
+    if entry is None:
+        return ()
+    return tuple(str(a) for a in entry) if isinstance(entry, tuple | list) else (str(entry),)
+
+
+def _param_layout(path: jax.tree_util.KeyPath, param: object, mesh: Mesh) -> _Layout:
+    """The partition spec of ``param`` on ``mesh``; a replicated one when it has none."""
+    name = "params" + jax.tree_util.keystr(path)
+    ndim = len(getattr(param, "shape", ()))
+    sharding = getattr(param, "sharding", None)
+    if sharding is None or (
+        not isinstance(sharding, NamedSharding) and sharding.is_fully_replicated
+    ):
+        return _Layout((None,) * ndim)
+    if not isinstance(sharding, NamedSharding):
+        raise TypeError(
+            f"state_shardings: {name} is split by a "
+            f"{type(sharding).__name__}; give sharded parameters a jax.sharding.NamedSharding"
+        )
+    spec = tuple(sharding.spec) + (None,) * (ndim - len(sharding.spec))
+    unknown = sorted({a for e in spec for a in _axes(e)} - set(mesh.axis_names))
+    same_devices = np.array_equal(np.asarray(sharding.mesh.device_ids), np.asarray(mesh.device_ids))
+    if unknown or sharding.mesh.shape != mesh.shape or not same_devices:
+        raise ValueError(
+            f"state_shardings: {name} is sharded on a mesh "
+            f"with axes {dict(sharding.mesh.shape)} and devices "
+            f"{np.asarray(sharding.mesh.device_ids).ravel().tolist()}, not on the given mesh "
+            f"({dict(mesh.shape)}, devices {np.asarray(mesh.device_ids).ravel().tolist()})"
+        )
+    return _Layout(spec)
+
+
+def _split_over(
+    spec: tuple[object, ...], shape: tuple[int, ...], axis: str, sizes: Mapping[str, int]
+) -> P:
+    """``spec`` with ``axis`` added to the first dimension whose shard count it still divides."""
+    if any(axis in _axes(e) for e in spec):
+        return P(*spec)  # the parameter is split over the data axis already (FSDP)
+    # A dimension nobody splits yet first, then one split over other axes.
+    for free in (True, False):
+        for d, (entry, n) in enumerate(zip(spec, shape, strict=True)):
+            if (entry is None) != free:
+                continue
+            axes = (*_axes(entry), axis)
+            if n % math.prod(sizes[a] for a in axes) == 0:
+                return P(*spec[:d], axes[0] if len(axes) == 1 else axes, *spec[d + 1 :])
+    return P(*spec)  # too small or indivisible: the leaf stays with its parameter
+
+
+def state_shardings(
+    optimizer: optax.GradientTransformation | optax.MultiSteps,
+    params: chex.ArrayTree,
+    mesh: Mesh,
+    *,
+    data_axis: str | None = "data",
+) -> chex.ArrayTree:
+    """Shardings for ``optimizer.init(params)``: parameter-shaped state split, the rest replicated.
+
+    Each state leaf that mirrors a parameter (momenta, second moments,
+    coordinate-wise thresholds, :class:`optax.MultiSteps`' accumulators) gets
+    the parameter's partition spec, plus ``data_axis`` on the first dimension
+    that the data-axis size divides when the parameter is not split over that
+    axis already:
+
+    * parameters sharded over ``data_axis`` (FSDP): the state follows them;
+    * parameters replicated over ``data_axis`` (plain data parallelism or
+      tensor parallelism on other axes): the state is split ``|data_axis|``
+      ways, ZeRO stage 1, so each device holds ``1/|data_axis|`` of it;
+    * a leaf with no dimension the data-axis size divides stays with its
+      parameter.
+
+    Counts, scalar statistics and PRNG keys are replicated. The result is a
+    pytree shaped like the state, for ``jax.jit(optimizer.init,
+    out_shardings=...)``, the train step's ``out_shardings`` and orbax restore
+    targets. Training is the same as with a replicated state: every transform
+    is element-wise in its state, with norms reduced across shards.
+
+    Args:
+      optimizer: the optimizer: any ``optax.GradientTransformation``,
+        including chains and wrappers such as ``optax.inject_hyperparams``,
+        or an :class:`optax.MultiSteps`.
+      params: the parameters: arrays or :class:`jax.ShapeDtypeStruct` with a
+        :class:`~jax.sharding.NamedSharding` on ``mesh``; one without a
+        sharding counts as replicated.
+      mesh: the device mesh the parameters live on.
+      data_axis: the mesh axis the batch is split over, or ``None`` for state
+        that only follows the parameters.
+
+    Returns:
+      A pytree of :class:`~jax.sharding.NamedSharding` with the state's structure.
+
+    Raises:
+      ValueError: ``data_axis`` is not an axis of ``mesh``, or a parameter is
+        sharded on a different mesh.
+      TypeError: ``optimizer`` is not a gradient transformation, or a sharded
+        parameter has no ``NamedSharding``.
+
+    Example:
+      >>> import jax, optax, optclip
+      >>> from jax.sharding import NamedSharding, PartitionSpec as P
+      >>> mesh = jax.make_mesh((1,), ("data",))
+      >>> params = {"w": jax.device_put(jax.numpy.zeros((4, 3)), NamedSharding(mesh, P()))}
+      >>> tx = optclip.acclip(1e-3)
+      >>> shardings = optclip.state_shardings(tx, params, mesh)
+      >>> state = jax.jit(tx.init, out_shardings=shardings)(params)
+      >>> state[0].mu["w"].sharding.spec == P("data", None)
+      True
+
+    References:
+      Rajbhandari et al., "ZeRO: memory optimizations toward training trillion
+      parameter models", SC 2020 (stage 1: partitioned optimizer states).
+    """
+    if not callable(getattr(optimizer, "init", None)):
+        raise TypeError(
+            f"state_shardings: optimizer must be an optax.GradientTransformation (or another "
+            f"object with an init, such as optax.MultiSteps), got "
+            f"{optimizer!r} (a {type(optimizer).__name__})"
+        )
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"state_shardings: mesh must be a jax.sharding.Mesh, got {mesh!r}")
+    if data_axis is not None and data_axis not in mesh.axis_names:
+        raise ValueError(
+            f"state_shardings: data_axis must be one of the mesh's axes "
+            f"{list(mesh.axis_names)} or None, got {data_axis!r}"
+        )
+    replicated = NamedSharding(mesh, P())
+    layouts = jax.tree_util.tree_map_with_path(lambda k, p: _param_layout(k, p, mesh), params)
+    abstract = jax.eval_shape(optimizer.init, params)
+
+    def place(leaf: jax.ShapeDtypeStruct, layout: _Layout) -> NamedSharding:
+        if data_axis is None:
+            return NamedSharding(mesh, P(*layout.spec))
+        return NamedSharding(mesh, _split_over(layout.spec, leaf.shape, data_axis, mesh.shape))
+
+    return optax.tree_map_params(
+        optimizer, place, abstract, layouts, transform_non_params=lambda _: replicated
+    )

@@ -1,0 +1,189 @@
+"""state_shardings: ZeRO-1 and FSDP layouts of every optimizer's state, on 8 simulated devices."""
+
+from __future__ import annotations
+
+import doctest
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import optclip
+import optclip._sharding
+from tests.conftest import CASES, Case
+
+ALL = [*CASES, Case("stochastic_ingd", optclip.stochastic_ingd, dict(key=0), "p")]
+WRAPPED = [
+    Case("inject(acclip)", optax.inject_hyperparams(optclip.acclip), dict(learning_rate=0.1), None),
+    Case(
+        "multisteps(gclip)",
+        lambda **kw: optax.MultiSteps(optclip.gclip(**kw), every_k_schedule=2),
+        dict(learning_rate=0.1, threshold=1.0, b1=0.9),
+        None,
+    ),
+]
+SHAPES = {"w": (8, 12), "b": (12,), "odd": (3, 5), "s": ()}
+needs_8 = pytest.mark.skipif(
+    len(jax.devices()) < 8, reason="needs 8 (simulated) devices; conftest forces them on CPU"
+)
+
+
+def _mesh(shape=(2, 4)):
+    return jax.make_mesh(shape, ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+
+
+def _host(seed):
+    rng = np.random.default_rng(seed)
+    return {k: rng.standard_t(1.5, size=s).astype(np.float32) for k, s in SHAPES.items()}
+
+
+def _put(tree, mesh, specs):
+    return {k: jax.device_put(v, NamedSharding(mesh, specs.get(k, P()))) for k, v in tree.items()}
+
+
+def _mirrored(tx, state, params):
+    """(state leaf, its parameter) for every state leaf that mirrors a parameter."""
+    pairs = []
+    optax.tree_map_params(
+        tx, lambda s, p: pairs.append((s, p)) or s, state, params, transform_non_params=lambda x: x
+    )
+    return pairs
+
+
+def _field(state, name):
+    """The first field called ``name`` in a nest of NamedTuple states."""
+    if hasattr(state, name):
+        return getattr(state, name)
+    for sub in state if isinstance(state, tuple) else ():
+        found = _field(sub, name)
+        if found is not None:
+            return found
+    return None
+
+
+def _train(tx, params, mesh, specs, state_sh, steps=5):
+    param_sh = jax.tree.map(lambda p: p.sharding, params)
+
+    def step(params, state, grads):
+        u, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, u), state
+
+    step = jax.jit(step, out_shardings=(param_sh, state_sh))
+    state = jax.jit(tx.init, out_shardings=state_sh)(params)
+    first = state
+    for t in range(steps):
+        params, state = step(params, state, _put(_host(10 + t), mesh, specs))
+    return first, params, state
+
+
+@needs_8
+@pytest.mark.parametrize("case", ALL + WRAPPED, ids=str)
+def test_zero1_splits_state_over_data_and_trains_like_replicated_state(case):
+    """Replicated params (data parallel): each state copy shrinks by the data-axis size."""
+    mesh = _mesh()
+    tx = case.make()
+    params = _put(_host(0), mesh, {})
+    replicated = jax.tree.map(lambda _: NamedSharding(mesh, P()), jax.eval_shape(tx.init, params))
+    zero = optclip.state_shardings(tx, params, mesh)
+    state0, p_zero, s_zero = _train(tx, params, mesh, {}, zero)
+    _, p_rep, s_rep = _train(tx, params, mesh, {}, replicated)
+    pairs = _mirrored(tx, state0, params)
+    assert pairs or not any(x.ndim for x in jax.tree.leaves(state0))
+    for s, p in pairs:
+        if p.ndim == 0 or all(n % 2 for n in p.shape):
+            assert s.sharding.is_fully_replicated  # nothing to split: stays with the param
+        else:
+            assert s.addressable_shards[0].data.nbytes * 2 == s.nbytes
+            assert "data" in jax.tree.leaves(tuple(s.sharding.spec))
+    for leaf in jax.tree.leaves(state0):
+        if leaf.ndim == 0:
+            assert leaf.sharding.is_fully_replicated
+    for a, b in zip(
+        jax.tree.leaves((p_zero, s_zero)), jax.tree.leaves((p_rep, s_rep)), strict=True
+    ):
+        np.testing.assert_allclose(
+            np.asarray(
+                jax.random.key_data(a) if jnp.issubdtype(a.dtype, jax.dtypes.prng_key) else a
+            ),
+            np.asarray(
+                jax.random.key_data(b) if jnp.issubdtype(b.dtype, jax.dtypes.prng_key) else b
+            ),
+            rtol=1e-6,
+            atol=1e-7,
+        )
+
+
+@needs_8
+def test_fsdp_state_follows_params_and_tensor_parallel_state_adds_the_data_axis():
+    mesh = _mesh()
+    tx = optclip.acclip(0.1, rms_scale=True)
+    specs = {"w": P("data", "model"), "b": P("model"), "odd": P()}
+    params = _put(_host(0), mesh, specs)
+    sh = optclip.state_shardings(tx, params, mesh)
+    acc = sh[0]
+    for leaf in ("mu", "tau", "rms"):
+        tree = getattr(acc, leaf)
+        assert tree["w"].spec == P("data", "model")  # FSDP: already over data
+        assert tree["b"].spec == P("model")  # 12 does not split over 4 x 2 devices
+        assert tree["odd"].spec == P(None, None)
+        assert tree["s"].spec == P()
+    assert acc.count.spec == P()
+
+
+@needs_8
+def test_tensor_parallel_weight_gets_the_data_axis_on_its_free_dimension():
+    mesh = _mesh()
+    tx = optclip.generalized_signsgd(0.1)
+    specs = {"w": P(None, "model"), "b": P("model")}
+    host = {"w": np.zeros((6, 16), np.float32), "b": np.zeros(16, np.float32)}
+    params = _put(host, mesh, specs)
+    mu = _field(optclip.state_shardings(tx, params, mesh), "mu")
+    assert mu["w"].spec == P("data", "model")
+    assert mu["b"].spec == P(("model", "data"))  # 16 splits over 4 x 2 devices
+    follow = _field(optclip.state_shardings(tx, params, mesh, data_axis=None), "mu")
+    assert follow["w"].spec == P(None, "model") and follow["b"].spec == P("model")
+
+
+@needs_8
+def test_abstract_params_give_the_same_shardings():
+    mesh = _mesh()
+    tx = optclip.cclip(0.1, threshold=0.5, b1=0.9)
+    params = _put(_host(0), mesh, {"w": P(None, "model")})
+    abstract = jax.tree.map(
+        lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=p.sharding), params
+    )
+    assert optclip.state_shardings(tx, abstract, mesh) == optclip.state_shardings(tx, params, mesh)
+    # Without shardings, parameters count as replicated.
+    bare = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype), params)
+    replicated = optclip.state_shardings(tx, _put(_host(0), mesh, {}), mesh)
+    assert optclip.state_shardings(tx, bare, mesh) == replicated
+
+
+@needs_8
+def test_wrong_input_names_the_argument_and_the_leaf():
+    mesh = _mesh()
+    tx = optclip.acclip(0.1)
+    params = _put(_host(0), mesh, {})
+    with pytest.raises(ValueError, match=r"data_axis must be one of .*'data', 'model'.*'batch'"):
+        optclip.state_shardings(tx, params, mesh, data_axis="batch")
+    with pytest.raises(
+        TypeError, match=r"optimizer must be an optax\.GradientTransformation .* got <function"
+    ):
+        optclip.state_shardings(lambda p: p, params, mesh)
+    with pytest.raises(TypeError, match=r"mesh must be a jax\.sharding\.Mesh"):
+        optclip.state_shardings(tx, params, (2, 4))
+    other = {**params, "w": jax.device_put(params["w"], NamedSharding(_mesh((4, 2)), P("data")))}
+    with pytest.raises(ValueError, match=r"params\['w'\] is sharded on a mesh .*'data': 4"):
+        optclip.state_shardings(tx, other, mesh)
+    devices = np.asarray(jax.devices()[:8])[::-1].reshape(2, 4)
+    flipped = jax.sharding.Mesh(devices, ("data", "model"))
+    with pytest.raises(ValueError, match=r"params\['b'\] is sharded on a mesh .*devices \[0, 1"):
+        optclip.state_shardings(tx, {"b": params["b"]}, flipped)
+
+
+def test_docstring_example_runs():
+    assert doctest.testmod(optclip._sharding).failed == 0
