@@ -27,7 +27,7 @@ from tests import distributed_worker as worker  # noqa: E402
 
 pytest.importorskip("orbax.checkpoint")
 
-TIMEOUT = 240.0  # seconds for one job; each takes about 15 s on 2 cores
+TIMEOUT = 240.0  # seconds for one job; the longest takes about 35 s on 2 cores
 
 
 def _bounded(command, timeout):
