@@ -136,18 +136,17 @@ def make_train_step(tx, params, mesh):
     return init, train, state_sh
 
 
-def _restore(manager, step, params, state, state_sh):
-    import orbax.checkpoint as ocp
-
-    target = {
-        "params": jax.tree.map(
-            lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=p.sharding), params
-        ),
-        "opt_state": jax.tree.map(
-            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state, state_sh
-        ),
+def checkpoint_target(params, state, state_sh):
+    """What a restore needs: every leaf's shape, dtype and sharding on this run's mesh."""
+    like = lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh)
+    return {
+        "params": jax.tree.map(lambda p: like(p, p.sharding), params),
+        "opt_state": jax.tree.map(like, state, state_sh),
     }
-    restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+
+
+def from_checkpoint(restored, state):
+    """The restored params, and the restored state in the optimizer's own state types."""
     opt_state = jax.tree.unflatten(
         jax.tree.structure(state), jax.tree.leaves(restored["opt_state"])
     )
@@ -170,7 +169,9 @@ def train(optimizer, steps, mesh, ckpt_dir, every, resume=False, fail_at=None):
     manager = ocp.CheckpointManager(Path(ckpt_dir).absolute(), options=options)
     start = manager.latest_step() if resume else None
     if start is not None:
-        params, state = _restore(manager, start, params, state, state_sh)
+        target = checkpoint_target(params, state, state_sh)
+        restored = manager.restore(start, args=ocp.args.StandardRestore(target))
+        params, state = from_checkpoint(restored, state)
     data_sh = NamedSharding(mesh, P("data", None))
     losses = []
     for t in range(start or 0, steps):
@@ -245,7 +246,7 @@ def run_process(args):
             resume=args.resume,
             fail_at=args.fail_at,
         )
-        final = host_copy(params)
+        final = host_copy(params) if args.out else None  # a collective: every process joins
     except Exception as err:  # a collective or a barrier whose peer is gone
         done = [int(p.name) for p in Path(args.ckpt_dir).glob("*") if p.name.isdigit()]
         print(

@@ -51,17 +51,15 @@ def _param_layout(path: jax.tree_util.KeyPath, param: object, mesh: Mesh) -> _La
             f"state_shardings: {name} is split by a "
             f"{type(sharding).__name__}; give sharded parameters a jax.sharding.NamedSharding"
         )
-    spec = tuple(sharding.spec) + (None,) * (ndim - len(sharding.spec))
-    unknown = sorted({a for e in spec for a in _axes(e)} - set(mesh.axis_names))
-    same_devices = np.array_equal(np.asarray(sharding.mesh.device_ids), np.asarray(mesh.device_ids))
-    if unknown or sharding.mesh.shape != mesh.shape or not same_devices:
+    # Axis names, sizes and devices all equal: the spec's axes are then the mesh's too.
+    own, given = (np.asarray(m.device_ids).ravel().tolist() for m in (sharding.mesh, mesh))
+    if sharding.mesh.shape != mesh.shape or own != given:
         raise ValueError(
-            f"state_shardings: {name} is sharded on a mesh "
-            f"with axes {dict(sharding.mesh.shape)} and devices "
-            f"{np.asarray(sharding.mesh.device_ids).ravel().tolist()}, not on the given mesh "
-            f"({dict(mesh.shape)}, devices {np.asarray(mesh.device_ids).ravel().tolist()})"
+            f"state_shardings: {name} is sharded on a mesh with axes "
+            f"{dict(sharding.mesh.shape)} and devices {own}, not on the given mesh "
+            f"({dict(mesh.shape)}, devices {given})"
         )
-    return _Layout(spec)
+    return _Layout(tuple(sharding.spec) + (None,) * (ndim - len(sharding.spec)))
 
 
 def _split_over(

@@ -118,19 +118,11 @@ def _batches(mesh, first, last):
     )
 
 
-def _target(tree, shardings):
-    return jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
-    )
-
-
 def _resume(case, mesh, checkpointer, folder):
     params, state, state_sh, run = _setup(case, mesh, "follow")
-    param_sh = jax.tree.map(lambda p: p.sharding, params)
-    target = {"params": _target(params, param_sh), "opt_state": _target(state, state_sh)}
+    target = example.checkpoint_target(params, state, state_sh)
     restored = checkpointer.restore(Path(folder) / case.name, target)
-    state = jax.tree.unflatten(jax.tree.structure(state), jax.tree.leaves(restored["opt_state"]))
-    return run(restored["params"], state, *_batches(mesh, SPLIT, STEPS))
+    return run(*example.from_checkpoint(restored, state), *_batches(mesh, SPLIT, STEPS))
 
 
 def main(argv=None):

@@ -54,17 +54,6 @@ def _mirrored(tx, state, params):
     return pairs
 
 
-def _field(state, name):
-    """The first field called ``name`` in a nest of NamedTuple states."""
-    if hasattr(state, name):
-        return getattr(state, name)
-    for sub in state if isinstance(state, tuple) else ():
-        found = _field(sub, name)
-        if found is not None:
-            return found
-    return None
-
-
 def _train(tx, params, mesh, specs, state_sh, steps=5):
     param_sh = jax.tree.map(lambda p: p.sharding, params)
 
@@ -141,10 +130,10 @@ def test_tensor_parallel_weight_gets_the_data_axis_on_its_free_dimension():
     specs = {"w": P(None, "model"), "b": P("model")}
     host = {"w": np.zeros((6, 16), np.float32), "b": np.zeros(16, np.float32)}
     params = _put(host, mesh, specs)
-    mu = _field(optclip.state_shardings(tx, params, mesh), "mu")
+    mu = optax.tree.get(optclip.state_shardings(tx, params, mesh), "mu")
     assert mu["w"].spec == P("data", "model")
     assert mu["b"].spec == P(("model", "data"))  # 16 splits over 4 x 2 devices
-    follow = _field(optclip.state_shardings(tx, params, mesh, data_axis=None), "mu")
+    follow = optax.tree.get(optclip.state_shardings(tx, params, mesh, data_axis=None), "mu")
     assert follow["w"].spec == P(None, "model") and follow["b"].spec == P("model")
 
 
