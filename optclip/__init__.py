@@ -26,6 +26,7 @@ from optclip._alias import (
 from optclip._coordinate_clip import ClipCoordinatewiseState, clip_coordinatewise, coordinate_clip
 from optclip._equivalence import ClippingEquivalent, adam_as_clipping
 from optclip._global_clip import ClipByGlobalNormState, clip_by_global_norm
+from optclip._grouping import group_small_leaves
 from optclip._ingd import IngdResult, IngdStatus, ingd, ingd_oracle_bound
 from optclip._momentum import EmaMomentumState, ema_momentum, ema_update
 from optclip._normalize import (
@@ -96,6 +97,8 @@ __all__ = [
     "coordinate_clip",
     "ema_update",
     "global_norm",
+    # Layout: small leaves packed by dtype (fewer kernels per step).
+    "group_small_leaves",
     # Sharding: where the state lives on a mesh (ZeRO stage 1 / FSDP).
     "state_shardings",
     # Adam as clipping.

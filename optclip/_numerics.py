@@ -41,12 +41,19 @@ def _leaves(tree: chex.ArrayTree) -> list[jax.Array]:
     return [jnp.asarray(x) for x in jax.tree.leaves(tree)]
 
 
-def _squares(x: jax.Array) -> jax.Array:
-    """``|x|^2`` in float32, without the imaginary part's loss a cast would cause."""
+def _squares(x: jax.Array, scale: float = 1.0) -> jax.Array:
+    """``|scale * x|^2`` in float32, without the imaginary part's loss a cast would cause.
+
+    ``scale`` (a power of two, so exact) multiplies after the cast to float32.
+    """
     if jnp.iscomplexobj(x):
         x = x.astype(jnp.promote_types(x.dtype, jnp.complex64))
-        return jnp.square(x.real.astype(jnp.float32)) + jnp.square(x.imag.astype(jnp.float32))
-    return jnp.square(x.astype(jnp.float32))
+        re, im = x.real.astype(jnp.float32), x.imag.astype(jnp.float32)
+        if scale != 1.0:
+            re, im = re * scale, im * scale
+        return jnp.square(re) + jnp.square(im)
+    x = x.astype(jnp.float32)
+    return jnp.square(x * scale if scale != 1.0 else x)
 
 
 def _rescaled_norm(leaves: list[jax.Array]) -> jax.Array:
@@ -62,14 +69,59 @@ def _rescaled_norm(leaves: list[jax.Array]) -> jax.Array:
     return safe * jnp.sqrt(ssq)
 
 
+def _usable(sq: jax.Array | float) -> jax.Array:
+    """Whether a float32 sum of squares is the norm's square to float32 accuracy."""
+    sq = jnp.asarray(sq)
+    return jnp.isfinite(sq) & (sq >= _SMALL_SQUARED_NORM)
+
+
+def _norm_with_fallback(leaves: list[jax.Array]) -> jax.Array:
+    # One read in the common case, a second (max-rescaled) only when the sum is unusable.
+    # A lax.cond is free on CPU, where its predicate already lives on the host.
+    sq = sum(jnp.sum(_squares(x)) for x in leaves)
+
+    def rescaled(leaves):
+        # The barrier keeps XLA from turning the cond into a select that runs both branches.
+        return _rescaled_norm(jax.lax.optimization_barrier(leaves))
+
+    return jax.lax.cond(_usable(sq), lambda leaves: jnp.sqrt(sq), rescaled, leaves)
+
+
+# Sums of (2^-96 x)^2 and (2^96 x)^2 cover the norms whose plain sum of squares overflows or
+# underflows float32: 2^-96 maps the largest float32 to 2^32 (its square, summed over up to
+# 2^60 entries, stays finite) and flushes only |x| < 2^33, which a norm above 2^64 cannot
+# see; 2^96 lifts every nonzero float32 (|x| >= 2^-149) above the flush-to-zero range, and a
+# plain sum below 1e-30 keeps the lifted one far from overflow.
+_DOWN, _UP = 2.0**-96, 2.0**96
+
+
+def _norm_in_one_pass(leaves: list[jax.Array]) -> jax.Array:
+    # Three sums of one read and no control flow: XLA fuses sibling reductions of a leaf into
+    # one kernel on accelerators, where a lax.cond would stop the host every step to read its
+    # predicate (the GPU conditional copies it to the host and waits for the stream).
+    sq = sum(jnp.sum(_squares(x)) for x in leaves)
+    down = sum(jnp.sum(_squares(x, _DOWN)) for x in leaves)
+    up = sum(jnp.sum(_squares(x, _UP)) for x in leaves)
+    # A NaN sum fails both tests and reaches `up`, NaN too; an infinite entry makes `down`
+    # infinite (rule 1).
+    rescued = jnp.where(sq > 1.0, jnp.sqrt(down) * _UP, jnp.sqrt(up) * _DOWN)
+    return jnp.where(_usable(sq), jnp.sqrt(sq), rescued)
+
+
 def global_norm(tree: chex.ArrayTree) -> jax.Array:
     """Euclidean norm of all leaves of ``tree`` as a float32 scalar.
 
-    The common case costs one fused read of the tree (a float32 sum of
-    squares). When that sum overflowed, underflowed or is not finite, a
-    ``lax.cond`` switches to a max-rescaled second pass, so the norm of any
-    finite float32 tree is finite and accurate, and a tree holding NaN or inf
-    has a non-finite norm.
+    The norm of any finite float32 tree is finite and accurate (even with
+    entries near float32's largest or smallest values), and a tree holding NaN
+    or inf has a non-finite norm. How, depends on the backend (picked when the
+    program is compiled, with :func:`jax.lax.platform_dependent`):
+
+    * CPU: one fused read of the tree for a float32 sum of squares; only when
+      that sum overflowed, underflowed or is not finite, a ``lax.cond`` runs a
+      max-rescaled second pass.
+    * GPU, TPU and others: one read without control flow. Each leaf's kernel
+      also sums the squares of ``2^-96 x`` and ``2^96 x``, and the sum that did
+      not overflow or underflow gives the norm.
 
     Args:
       tree: a pytree of arrays.
@@ -80,16 +132,7 @@ def global_norm(tree: chex.ArrayTree) -> jax.Array:
     leaves = _leaves(tree)
     if not leaves:
         return jnp.zeros((), jnp.float32)
-    sq = sum(jnp.sum(_squares(x)) for x in leaves)
-    fast = jnp.isfinite(sq) & (sq >= _SMALL_SQUARED_NORM)
-
-    def rescaled(leaves):
-        # The barrier keeps XLA (on GPU) from turning the cond into a select that runs
-        # both branches: the rescaled pass needs the max first, a second read of the
-        # tree on every step (docs/performance.md has the measurement).
-        return _rescaled_norm(jax.lax.optimization_barrier(leaves))
-
-    return jax.lax.cond(fast, lambda leaves: jnp.sqrt(sq), rescaled, leaves)
+    return jax.lax.platform_dependent(leaves, cpu=_norm_with_fallback, default=_norm_in_one_pass)
 
 
 def momentum_zeros(params: optax.Params, dtype: jax.typing.DTypeLike) -> optax.Updates:

@@ -24,23 +24,54 @@ def _load(name: str):
 
 def test_quick_mode_writes_json_with_every_variant(tmp_path, capsys):
     step_time = _load("step_time")
-    results = step_time.main(["--quick", "--out", str(tmp_path)])
+    results = step_time.main(["--quick", "--out", str(tmp_path), "--torch-device", ""])
     data = json.loads((tmp_path / "step_time.json").read_text())
-    assert set(data["one_leaf"]) == set(step_time.variants())
+    one_leaf, gpt2 = data["trees"]["one leaf of 1e+05"], data["trees"]["GPT-2 small"]
+    assert set(one_leaf["rows"]) == set(step_time.variants())
+    assert set(gpt2["rows"]) == set(step_time.QUICK_MODEL_VARIANTS)
+    assert gpt2["leaves"] == 148
     # Compiled-program facts that do not depend on timing noise:
-    rows = data["one_leaf"]
+    rows = one_leaf["rows"]
     assert rows["acclip"]["state_bytes_per_param"] == 8.0
+    assert gpt2["rows"]["grouped(acclip)"]["state_bytes_per_param"] == 8.0
     # Per parameter, scalars aside: allow 100 bytes of scalar state in total.
     scalars = 100 / results["n"]
     assert rows["acclip"]["bytes_per_param"] <= rows["optax.adam"]["bytes_per_param"] + scalars
     assert rows["acclip"]["temp_bytes"] <= 0.01 * 4 * results["n"]
     assert rows["optclip.clip_gn+adam"]["temp_bytes"] <= 0.01 * 4 * results["n"]
-    if jax.default_backend() == "cpu":  # XLA:CPU materialises optax's divided copy
-        assert rows["optax.clip_gn+adam"]["temp_bytes"] >= 4 * results["n"]
-    # Sharded state: every parameter-sized state leaf is split over the 8 devices.
-    for name, row in data["sharded"].items():
-        assert row["shards"] == 8.0, name
+    if jax.default_backend() == "cpu":
+        assert rows["optax.clip_gn+adam"]["temp_bytes"] >= 4 * results["n"]  # the divided copy
+        # The CPU norm keeps its overflow fallback as a conditional; accelerators have none.
+        assert rows["optclip.clip_gn+adam"]["conditionals"] == 1
+    else:
+        assert rows["optclip.clip_gn+adam"]["conditionals"] == 0
+    # Packing the small leaves runs fewer kernels than one set per leaf.
+    assert gpt2["rows"]["grouped(acclip)"]["fusions"] < gpt2["rows"]["acclip"]["fusions"] / 2
+    for tree in data["trees"].values():
+        assert {t["variant"] for t in tree["targets"]} <= set(step_time.variants())
+        assert all(0 < r["of_copy"] for r in tree["rows"].values() if "of_copy" in r)
+    assert (tmp_path / "step_time.png").exists() == step_time.available()
     assert "ratio" in capsys.readouterr().out
+
+
+def test_torch_fused_adam_on_the_same_shapes():
+    pytest.importorskip("torch", reason="torch is not installed (it is not a dependency)")
+    module = _load("_torch_step")
+    device = "cuda" if module.available("cuda") else "cpu"
+    shapes = _load("_model_trees").resnet50(0.05)
+    rows = module.time_torch(shapes, reps=2, inner=1, device=device)
+    assert set(rows) == {"torch Adam(fused)", "torch clip_grad_norm_+Adam(fused)"}
+    assert all(r["median_ms"] > 0 for r in rows.values())
+
+
+def test_model_trees_have_the_published_sizes():
+    trees = _load("_model_trees")
+    # Leaf counts and parameter counts of the published models (Flax layouts).
+    assert len(trees.gpt2_small()) == 148 and trees.size(trees.gpt2_small()) == 124_439_808
+    assert len(trees.resnet50()) == 161 and trees.size(trees.resnet50()) == 25_557_032
+    assert len(trees.vit_b16()) == 200 and trees.size(trees.vit_b16()) == 86_567_656
+    small = trees.gpt2_small(0.25)
+    assert len(small) == 148 and trees.size(small) < trees.size(trees.gpt2_small()) / 10
 
 
 def test_acclip_scale_quick_mode(tmp_path):

@@ -9,7 +9,12 @@ import optax
 import pytest
 
 import optclip
-from optclip._numerics import power_mean, safe_divide
+from optclip._numerics import (
+    _norm_in_one_pass,
+    _norm_with_fallback,
+    power_mean,
+    safe_divide,
+)
 from tests.conftest import CASES, SHAPES, initial_params
 
 DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
@@ -103,33 +108,80 @@ def test_apply_if_finite_skips_the_bad_step(case):
     assert _finite(u) and int(state.notfinite_count) == 0
 
 
+def _one_pass(tree):
+    return _norm_in_one_pass([jnp.asarray(x) for x in jax.tree.leaves(tree)])
+
+
+def _with_fallback(tree):
+    return _norm_with_fallback([jnp.asarray(x) for x in jax.tree.leaves(tree)])
+
+
+# The public function, and both of its implementations called directly: the CPU one (sum, and a
+# rescaled pass only when needed) and the accelerators' one (three sums in one read), so the
+# numerics of the GPU/TPU program are checked on every backend.
+NORMS = {"global_norm": optclip.global_norm, "with_fallback": _with_fallback, "one_pass": _one_pass}
+
+
+@pytest.mark.parametrize("norm", NORMS.values(), ids=NORMS.keys())
 class TestGlobalNorm:
-    def test_matches_numpy(self):
+    def test_matches_numpy(self, norm):
         rng = np.random.default_rng(0)
         tree = {"a": rng.standard_normal((5, 7)), "b": [rng.standard_normal(3)]}
         want = np.sqrt(sum(np.sum(x**2) for x in jax.tree.leaves(tree)))
-        got = optclip.global_norm(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree))
+        got = jax.jit(norm)(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree))
         assert float(got) == pytest.approx(want, rel=1e-6)
 
     @pytest.mark.parametrize("scale", [1e-30, 1e-20, 1e20, 1e30, 3e38])
-    def test_no_overflow_or_underflow(self, scale):
+    def test_no_overflow_or_underflow(self, norm, scale):
         x = jnp.full((1000,), scale / 1000**0.5 * 0.5, jnp.float32)
-        got = float(optclip.global_norm({"x": x, "y": jnp.zeros(3)}))
-        assert got == pytest.approx(scale * 0.5, rel=1e-5)
+        want = float(x[0]) * 1000**0.5  # the entry float32 actually holds
+        got = float(jax.jit(norm)({"x": x, "y": jnp.zeros(3)}))
+        assert got == pytest.approx(want, rel=1e-5)
 
-    def test_bfloat16_leaves_accumulate_in_float32(self):
+    def test_extremes_of_float32(self, norm):
+        big = float(jnp.finfo(jnp.float32).max) / 4
+        got = float(jax.jit(norm)({"a": jnp.full((4,), big, jnp.float32), "b": jnp.ones(2)}))
+        assert got == pytest.approx(2 * big, rel=1e-6)  # sqrt(4 big^2): half of float32's max
+
+    def test_wide_range_in_one_tree(self, norm):
+        tree = {"big": jnp.array([3e30, 4e30], jnp.float32), "small": jnp.full((10,), 1e-30)}
+        assert float(jax.jit(norm)(tree)) == pytest.approx(5e30, rel=1e-6)
+
+    def test_bfloat16_leaves_accumulate_in_float32(self, norm):
         x = jnp.ones((100_000,), jnp.bfloat16)
-        got = optclip.global_norm(x)
+        got = jax.jit(norm)(x)
         assert got.dtype == jnp.float32
         assert float(got) == pytest.approx(100_000**0.5, rel=1e-5)
 
-    def test_empty_and_zero(self):
-        assert float(optclip.global_norm({})) == 0.0
-        assert float(optclip.global_norm({"a": jnp.zeros(4)})) == 0.0
+    def test_empty_and_zero(self, norm):
+        if norm is optclip.global_norm:
+            assert float(norm({})) == 0.0
+        assert float(jax.jit(norm)({"a": jnp.zeros(4)})) == 0.0
 
-    @pytest.mark.parametrize("bad", [np.nan, np.inf])
-    def test_non_finite(self, bad):
-        assert not np.isfinite(float(optclip.global_norm({"a": jnp.array([1.0, bad])})))
+    @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+    def test_non_finite(self, norm, bad):
+        got = float(jax.jit(norm)({"a": jnp.array([1.0, bad]), "b": jnp.ones(3)}))
+        assert np.isnan(got) if np.isnan(bad) else got == np.inf
+
+
+def test_global_norm_lowering_per_platform():
+    """CPU keeps the conditional fallback; GPU and TPU programs read each leaf once, without it.
+
+    The GPU runtime copies a conditional's predicate to the host and waits for the device
+    every step, so the accelerator program must not have one (docs/performance.md).
+    """
+    tree = {"a": jnp.ones(10), "b": jnp.ones((3, 4), jnp.bfloat16)}
+    text = {
+        p: jax.export.export(jax.jit(optclip.global_norm), platforms=[p])(tree).mlir_module()
+        for p in ("cpu", "cuda", "tpu")
+    }
+    assert "optimization_barrier" in text["cpu"]
+    for p in ("cuda", "tpu"):
+        assert "optimization_barrier" not in text[p]
+        # Three sums of squares per leaf, and no reduction for a max (the rescaled pass).
+        assert text[p].count("stablehlo.reduce(") == 3 * 2
+        assert "stablehlo.maximum" not in text[p]
+        assert text[p].count("stablehlo.case") < text["cpu"].count("stablehlo.case")
 
 
 class TestZeroOverZero:
