@@ -86,6 +86,18 @@ def _check_not_split(tree: chex.ArrayTree, packing: _Packing, what: str) -> None
             )
 
 
+def _check_same_groups(updates: chex.ArrayTree, ours: _Packing, params: _Packing) -> None:
+    """The updates must pack like the params, which ``init`` packed the state like."""
+    paths = jax.tree_util.tree_flatten_with_path(updates)[0]
+    for (path, _), mine, theirs in zip(paths, ours.groups, params.groups, strict=True):
+        if mine != theirs:
+            raise TypeError(
+                f"group_small_leaves: updates{jax.tree_util.keystr(path)} is {mine} where its "
+                f"param is {theirs}; the small leaves are packed by dtype, so an update must "
+                "have its param's dtype."
+            )
+
+
 def group_small_leaves(
     inner: optax.GradientTransformation, max_size: int | None = 2**16
 ) -> optax.GradientTransformationExtraArgs:
@@ -129,12 +141,13 @@ def group_small_leaves(
       inner transformation's state on the packed tree.
 
     Example:
-      >>> import jax, jax.numpy as jnp, optclip
+      >>> import jax, jax.numpy as jnp, optax, optclip
       >>> params = {"w": jnp.ones((300, 300)), "b": jnp.ones(300), "scale": jnp.ones(300)}
       >>> tx = optclip.group_small_leaves(optclip.acclip(1e-3))
       >>> state = tx.init(params)
-      >>> [x.shape for x in jax.tree.leaves(state) if x.ndim == 1 and x.size > 1][:1]
-      [(600,)]
+      >>> large, small = optax.tree.get(state, "mu")  # ACClip's momentum, packed
+      >>> [x.shape for x in large], {k: x.shape for k, x in small.items()}
+      ([(300, 300)], {'float32': (600,)})
       >>> updates, state = tx.update(params, state, params)
       >>> jax.tree.map(jnp.shape, updates) == jax.tree.map(jnp.shape, params)
       True
@@ -165,13 +178,7 @@ def group_small_leaves(
         flat_params = None
         if params is not None:
             param_packing, flat_params = packed(params, "params")
-            if param_packing.groups != packing.groups:
-                raise TypeError(
-                    "group_small_leaves: the updates' dtypes differ from the params' "
-                    "(the packed buffers are grouped by dtype): "
-                    f"{jax.tree.map(lambda x: jnp.dtype(x.dtype).name, updates)} vs "
-                    f"{jax.tree.map(lambda x: jnp.dtype(x.dtype).name, params)}."
-                )
+            _check_same_groups(updates, packing, param_packing)
         flat_out, state = inner.update(flat_updates, state, flat_params, **extra_args)
         treedef = jax.tree.structure(updates)
         return jax.tree.unflatten(treedef, packing.unpack(flat_out)), state
