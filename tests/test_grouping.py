@@ -162,3 +162,38 @@ def test_docstring_example_runs():
 
     result = doctest.testmod(optclip._grouping)
     assert result.attempted >= 5 and result.failed == 0
+
+
+def test_flax_nnx_optimizer_trains_like_the_per_leaf_one():
+    nnx = pytest.importorskip("flax.nnx")
+
+    class Model(nnx.Module):
+        def __init__(self, rngs):
+            self.dense = nnx.Linear(4, 300, rngs=rngs)
+            self.norm = nnx.LayerNorm(300, rngs=rngs)
+            self.head = nnx.Linear(300, 1, rngs=rngs)
+
+        def __call__(self, x):
+            return self.head(self.norm(jax.nn.relu(self.dense(x))))
+
+    x = jnp.linspace(-1.0, 1.0, 32).reshape(8, 4)
+    y = jnp.sin(x[:, :1])
+
+    def train(tx):
+        model = Model(nnx.Rngs(0))
+        optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+        @nnx.jit
+        def step(model, optimizer):
+            loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
+            optimizer.update(model, grads)
+            return loss
+
+        losses = [float(step(model, optimizer)) for _ in range(5)]
+        return losses, nnx.state(model, nnx.Param)
+
+    want_losses, want = train(optclip.acclip(1e-2))
+    got_losses, got = train(optclip.group_small_leaves(optclip.acclip(1e-2), max_size=1000))
+    assert got_losses[-1] < got_losses[0]
+    np.testing.assert_allclose(got_losses, want_losses, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7), want, got)
