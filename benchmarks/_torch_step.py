@@ -10,6 +10,9 @@ from __future__ import annotations
 import statistics
 import time
 
+ADAM = "torch Adam(fused)"
+CLIP_ADAM = "torch clip_grad_norm_+Adam(fused)"
+
 
 def available(device: str) -> bool:
     try:
@@ -29,8 +32,7 @@ def time_torch(shapes: dict, reps: int, inner: int, device: str, lr: float = 1e-
     import torch
 
     gen = torch.Generator(device="cpu").manual_seed(0)
-    rows = {}
-    variants = {"torch Adam(fused)": False, "torch clip_grad_norm_+Adam(fused)": True}
+    variants = {ADAM: False, CLIP_ADAM: True}
     runs = {}
     for name, clip in variants.items():
         params = [
@@ -57,6 +59,7 @@ def time_torch(shapes: dict, reps: int, inner: int, device: str, lr: float = 1e-
                 step(params, opt, clip)
             _sync(torch, device)
             times.append((time.perf_counter() - t0) / inner)
-    for name, (_, _, _, times) in runs.items():
-        rows[name] = dict(median_ms=1e3 * statistics.median(times), torch=torch.__version__)
-    return rows
+    return {
+        name: dict(median_ms=1e3 * statistics.median(times), torch=torch.__version__)
+        for name, (_, _, _, times) in runs.items()
+    }

@@ -40,8 +40,7 @@ from optclip._plotting import available, pyplot, save
 
 LR = 1e-3
 AXPY = "x*a+b"
-TORCH_ADAM = "torch Adam(fused)"
-TORCH_CLIP_ADAM = "torch clip_grad_norm_+Adam(fused)"
+TORCH_ADAM, TORCH_CLIP_ADAM = _torch_step.ADAM, _torch_step.CLIP_ADAM
 
 
 def variants():
@@ -238,12 +237,10 @@ def measure_tree(specs, shapes, reps, inner, torch_device) -> dict:
         if a in rows and b in rows
     }
     targets = [
-        dict(variant=a, vs=b, ratio=rows[a]["median_ms"] / rows[b]["median_ms"], bar=bar)
+        dict(variant=a, vs=b, ratio=r, bar=bar, met=r <= bar)
         for a, b, bar in TARGETS
-        if a in rows and b in rows
+        if (r := ratios.get(f"{a} / {b}")) is not None
     ]
-    for t in targets:
-        t["met"] = t["ratio"] <= t["bar"]
     return dict(
         leaves=len(shapes), params=n, copy_gb_per_s=copy, rows=rows, ratios=ratios, targets=targets
     )

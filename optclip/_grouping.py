@@ -13,7 +13,6 @@ that packed layout, and the update is split back into the caller's tree.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import chex
 import jax
@@ -34,9 +33,12 @@ _NOT_PARAM_SHAPED = (
 class _Packing:
     """Which leaves of a tree are packed, and where each one sits in its group's buffer."""
 
-    def __init__(self, leaves: Sequence[object], max_size: int | None, what: str):
+    def __init__(self, tree: chex.ArrayTree, max_size: int | None, what: str):
+        flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+        self.paths = [jax.tree_util.keystr(path) for path, _ in flat]
+        self.leaves = [leaf for _, leaf in flat]
         self.sizes, self.shapes, self.groups = [], [], []
-        for i, leaf in enumerate(leaves):
+        for i, leaf in enumerate(self.leaves):
             if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
                 raise TypeError(
                     _NOT_PARAM_SHAPED.format(
@@ -49,10 +51,11 @@ class _Packing:
             self.shapes.append(tuple(leaf.shape))
             self.groups.append(jnp.dtype(leaf.dtype).name if packed else None)
 
-    def pack(self, leaves: Sequence[jax.Array]) -> tuple[tuple[jax.Array, ...], dict]:
-        large = tuple(x for x, g in zip(leaves, self.groups, strict=True) if g is None)
+    def pack(self) -> tuple[tuple[jax.Array, ...], dict]:
+        """The tree's large leaves as they are, and its small ones end to end per dtype."""
+        large = tuple(x for x, g in zip(self.leaves, self.groups, strict=True) if g is None)
         small: dict[str, list[jax.Array]] = {}
-        for x, g in zip(leaves, self.groups, strict=True):
+        for x, g in zip(self.leaves, self.groups, strict=True):
             if g is not None:
                 small.setdefault(g, []).append(jnp.ravel(x))
         return large, {g: jnp.concatenate(xs) for g, xs in small.items()}
@@ -70,29 +73,27 @@ class _Packing:
         return out
 
 
-def _check_not_split(tree: chex.ArrayTree, packing: _Packing, what: str) -> None:
+def _check_not_split(packing: _Packing, what: str) -> None:
     """Packing concatenates small leaves, which is only right when each one is whole."""
-    paths = jax.tree_util.tree_flatten_with_path(tree)[0]
-    for (path, leaf), g in zip(paths, packing.groups, strict=True):
+    for path, leaf, g in zip(packing.paths, packing.leaves, packing.groups, strict=True):
         sharding = getattr(leaf, "sharding", None)
         if g is None or isinstance(leaf, jax.core.Tracer) or sharding is None:
             continue
         if not sharding.is_fully_replicated:
             raise ValueError(
-                f"group_small_leaves: {what}{jax.tree_util.keystr(path)} "
+                f"group_small_leaves: {what}{path} "
                 f"(shape {tuple(leaf.shape)}) is split across devices ({sharding}); only "
                 "whole leaves (one device, or replicated) can be packed. Lower max_size "
                 "below its size so that it stays a leaf of its own, or leave it unwrapped."
             )
 
 
-def _check_same_groups(updates: chex.ArrayTree, ours: _Packing, params: _Packing) -> None:
+def _check_same_groups(ours: _Packing, params: _Packing) -> None:
     """The updates must pack like the params, which ``init`` packed the state like."""
-    paths = jax.tree_util.tree_flatten_with_path(updates)[0]
-    for (path, _), mine, theirs in zip(paths, ours.groups, params.groups, strict=True):
+    for path, mine, theirs in zip(ours.paths, ours.groups, params.groups, strict=True):
         if mine != theirs:
             raise TypeError(
-                f"group_small_leaves: updates{jax.tree_util.keystr(path)} is {mine} where its "
+                f"group_small_leaves: updates{path} is {mine} where its "
                 f"param is {theirs}; the small leaves are packed by dtype, so an update must "
                 "have its param's dtype."
             )
@@ -162,10 +163,9 @@ def group_small_leaves(
     inner = optax.with_extra_args_support(inner)
 
     def packed(tree, what):
-        leaves = jax.tree.leaves(tree)
-        packing = _Packing(leaves, max_size, what)
-        _check_not_split(tree, packing, what)
-        return packing, packing.pack(leaves)
+        packing = _Packing(tree, max_size, what)
+        _check_not_split(packing, what)
+        return packing, packing.pack()
 
     def init_fn(params):
         if not jax.tree.leaves(params) and not isinstance(params, dict | list | tuple):
@@ -178,7 +178,7 @@ def group_small_leaves(
         flat_params = None
         if params is not None:
             param_packing, flat_params = packed(params, "params")
-            _check_same_groups(updates, packing, param_packing)
+            _check_same_groups(packing, param_packing)
         flat_out, state = inner.update(flat_updates, state, flat_params, **extra_args)
         treedef = jax.tree.structure(updates)
         return jax.tree.unflatten(treedef, packing.unpack(flat_out)), state

@@ -56,6 +56,11 @@ def _squares(x: jax.Array, scale: float = 1.0) -> jax.Array:
     return jnp.square(x * scale if scale != 1.0 else x)
 
 
+def _sum_of_squares(leaves: list[jax.Array], scale: float = 1.0) -> jax.Array:
+    """``sum |scale * x|^2`` over every leaf, in float32."""
+    return jnp.asarray(sum(jnp.sum(_squares(x, scale)) for x in leaves))
+
+
 def _rescaled_norm(leaves: list[jax.Array]) -> jax.Array:
     scale = jnp.max(jnp.stack([jnp.max(jnp.abs(x)).astype(jnp.float32) for x in leaves]))
     # inf/NaN scales are left to produce a non-finite norm (rule 1).
@@ -69,16 +74,15 @@ def _rescaled_norm(leaves: list[jax.Array]) -> jax.Array:
     return safe * jnp.sqrt(ssq)
 
 
-def _usable(sq: jax.Array | float) -> jax.Array:
+def _usable(sq: jax.Array) -> jax.Array:
     """Whether a float32 sum of squares is the norm's square to float32 accuracy."""
-    sq = jnp.asarray(sq)
     return jnp.isfinite(sq) & (sq >= _SMALL_SQUARED_NORM)
 
 
 def _norm_with_fallback(leaves: list[jax.Array]) -> jax.Array:
     # One read in the common case, a second (max-rescaled) only when the sum is unusable.
     # A lax.cond is free on CPU, where its predicate already lives on the host.
-    sq = sum(jnp.sum(_squares(x)) for x in leaves)
+    sq = _sum_of_squares(leaves)
 
     def rescaled(leaves):
         # The barrier keeps XLA from turning the cond into a select that runs both branches.
@@ -99,9 +103,7 @@ def _norm_in_one_pass(leaves: list[jax.Array]) -> jax.Array:
     # Three sums of one read and no control flow: XLA fuses sibling reductions of a leaf into
     # one kernel on accelerators, where a lax.cond would stop the host every step to read its
     # predicate (the GPU conditional copies it to the host and waits for the stream).
-    sq = sum(jnp.sum(_squares(x)) for x in leaves)
-    down = sum(jnp.sum(_squares(x, _DOWN)) for x in leaves)
-    up = sum(jnp.sum(_squares(x, _UP)) for x in leaves)
+    sq, down, up = (_sum_of_squares(leaves, s) for s in (1.0, _DOWN, _UP))
     # A NaN sum fails both tests and reaches `up`, NaN too; an infinite entry makes `down`
     # infinite (rule 1).
     rescued = jnp.where(sq > 1.0, jnp.sqrt(down) * _UP, jnp.sqrt(up) * _DOWN)

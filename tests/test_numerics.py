@@ -10,6 +10,7 @@ import pytest
 
 import optclip
 from optclip._numerics import (
+    _leaves,
     _norm_in_one_pass,
     _norm_with_fallback,
     power_mean,
@@ -109,11 +110,11 @@ def test_apply_if_finite_skips_the_bad_step(case):
 
 
 def _one_pass(tree):
-    return _norm_in_one_pass([jnp.asarray(x) for x in jax.tree.leaves(tree)])
+    return _norm_in_one_pass(_leaves(tree))
 
 
 def _with_fallback(tree):
-    return _norm_with_fallback([jnp.asarray(x) for x in jax.tree.leaves(tree)])
+    return _norm_with_fallback(_leaves(tree))
 
 
 # The public function, and both of its implementations called directly: the CPU one (sum, and a
