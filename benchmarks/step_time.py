@@ -1,9 +1,25 @@
 """Optimizer step time on model-shaped parameter trees: optclip against optax (and PyTorch).
 
-Each variant is a jitted, donated ``update + apply_updates`` step. Variants are
-timed round-robin in one process (the machine is shared and noisy, so only
-ratios measured in the same run are meaningful) and reported as medians with
-the ratio to their counterpart. The trees are one leaf (the bandwidth
+Each variant is a jitted, donated ``update + apply_updates`` step, timed two
+ways (docs/performance.md):
+
+* **device time**: ``--inner`` steps inside one jitted ``lax.fori_loop``, one
+  dispatch for all of them, per step. This is the optimizer's own cost, what it
+  adds to a training step whose update is jitted with the forward and backward
+  passes, and what the ratios and targets use.
+* **per call**: ``--inner`` separate jitted calls, per step. On an accelerator
+  this adds the host's dispatch of every argument buffer (params, state and
+  gradient: about 7 per leaf for Adam), which a many-leaf tree pays per call.
+
+``--loop auto`` (the default) times the loop on accelerators, and on CPU only
+for one-leaf trees: XLA:CPU takes 20-30 s to compile a loop over a 148-leaf
+step, and a CPU has no device queue for the two numbers to differ by. Rows
+timed without the loop report the per-call time as device time and say so
+(``device_from``).
+
+Variants are timed round-robin in one process (the machine is shared and noisy,
+so only ratios measured in the same run are meaningful) and reported as medians
+with the ratio to their counterpart. The trees are one leaf (the bandwidth
 reference) and the parameter layouts of GPT-2 small, ResNet-50 and ViT-B/16
 (``_model_trees.py``), widths multiplied by ``--scale``. When torch is
 importable and a CUDA device is present, the same run times PyTorch's fused
@@ -22,6 +38,7 @@ Writes ``--out``/step_time.json and step_time.png (if matplotlib is installed).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -40,6 +57,7 @@ from optclip._plotting import available, pyplot, save
 
 LR = 1e-3
 AXPY = "x*a+b"
+SELECT = " [select]"  # a variant traced with OPTCLIP_GLOBAL_NORM=select
 TORCH_ADAM, TORCH_CLIP_ADAM = _torch_step.ADAM, _torch_step.CLIP_ADAM
 
 
@@ -72,6 +90,13 @@ def variants():
             optax.chain(optclip.clip_by_global_norm(1.0), optax.adam(LR)),
             "optax.clip_gn+adam",
         ),
+        # The global norm without control flow (OPTCLIP_GLOBAL_NORM=select), the accelerators'
+        # form under `auto`.
+        f"optclip.clip_gn+adam{SELECT}": (
+            optax.chain(optclip.clip_by_global_norm(1.0), optax.adam(LR)),
+            "optax.clip_gn+adam",
+        ),
+        f"gclip(b1=0.9){SELECT}": (optclip.gclip(LR, 1.0, b1=0.9), "optax.ema+clip_gn+scale"),
         # Two parameter-sized state arrays, like Adam.
         "stochastic_ingd": (optclip.stochastic_ingd(p=1.0, q=10.0, beta=0.9), "optax.adam"),
         # Layouts: every leaf concatenated every step (optax) against small leaves packed.
@@ -101,11 +126,16 @@ EXTRA_RATIOS = [
 # per parameter where adam moves 28: its bar is 5% above that floor.
 TARGETS = [
     ("optclip.clip_gn+adam", "optax.clip_gn+adam", 1.00),
+    (f"optclip.clip_gn+adam{SELECT}", "optax.clip_gn+adam", 1.00),
+    (f"optclip.clip_gn+adam{SELECT}", "optax.adam", 1.20),
     ("gclip(b1=0.9)", "optax.ema+clip_gn+scale", 1.05),
+    (f"gclip(b1=0.9){SELECT}", "optax.ema+clip_gn+scale", 1.05),
     ("acclip", "optax.adam", 1.05),
     ("generalized_signsgd", "optax.adam", 1.05),
     ("acclip(rms_scale)", "optax.adam", 1.05 * 36 / 28),
     ("stochastic_ingd", "optax.adam", 1.15),
+    ("acclip", TORCH_ADAM, 1.00),
+    ("generalized_signsgd", TORCH_ADAM, 1.00),
     ("grouped(acclip)", TORCH_ADAM, 1.00),
     ("grouped(generalized_signsgd)", TORCH_ADAM, 1.00),
 ]
@@ -119,6 +149,7 @@ QUICK_MODEL_VARIANTS = (
     "optax.flatten(adam)",
     "grouped(acclip)",
     "optclip.clip_gn+adam",
+    f"optclip.clip_gn+adam{SELECT}",
     AXPY,
 )
 
@@ -134,17 +165,43 @@ def trees(scale: float, n: int, names) -> dict[str, dict[str, tuple[int, ...]]]:
     return out
 
 
-def compile_step(tx, params, grads):
+@contextlib.contextmanager
+def norm_form(name: str):
+    """Traces a ``[select]`` variant with ``OPTCLIP_GLOBAL_NORM=select``, others as configured."""
+    if not name.endswith(SELECT):
+        yield
+        return
+    before = os.environ.get(optclip._numerics.NORM_FORM_VARIABLE)
+    os.environ[optclip._numerics.NORM_FORM_VARIABLE] = "select"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[optclip._numerics.NORM_FORM_VARIABLE]
+        else:
+            os.environ[optclip._numerics.NORM_FORM_VARIABLE] = before
+
+
+def compile_step(tx, params, grads, inner: int = 1, loop: bool = True):
+    """A donated step, and (if ``loop``) ``inner`` of them inside one jitted ``fori_loop``."""
+
     def step(params, state, grads):
         if tx is None:  # the yardstick
             return jax.tree.map(lambda x: x * 0.999 + 1e-3, params), state
         updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
+    def loop_fn(params, state, grads):
+        body = lambda _, carry: step(*carry, grads)
+        return jax.lax.fori_loop(0, inner, body, (params, state))
+
     state = tx.init(params) if tx is not None else ()
     jitted = jax.jit(step, donate_argnums=(0, 1))
     compiled = jitted.lower(params, state, grads).compile()
-    return jitted, compiled, state
+    looped = jax.jit(loop_fn, donate_argnums=(0, 1)) if loop else None
+    if looped is not None:
+        looped.lower(params, state, grads).compile()
+    return jitted, looped, compiled, state
 
 
 def program_report(compiled, n: int) -> dict:
@@ -167,37 +224,57 @@ def state_bytes_per_param(state, n: int) -> float:
     return sum(x.nbytes for x in jax.tree.leaves(state) if x.size > 1) / n
 
 
-def time_variants(specs, shapes, reps, warmup=2, inner=1):
+def use_loop(mode: str, shapes) -> bool:
+    """Whether to time the jitted loop (``--loop``): ``auto`` skips it for many-leaf trees on
+    CPU, where it compiles for tens of seconds and measures what a call does."""
+    if mode != "auto":
+        return mode == "always"
+    return jax.default_backend() != "cpu" or len(shapes) == 1
+
+
+def time_variants(specs, shapes, reps, warmup=2, inner=1, loop="auto"):
     """Round-robin timing of every variant on one tree; returns {name: row}.
 
-    Each sample times ``inner`` consecutive steps (more than one on an accelerator, where
-    a single step is short enough for dispatch to show).
+    Each sample times ``inner`` steps both ways: inside one jitted loop (``device_ms``) and as
+    ``inner`` separate calls (``call_ms``); both are per step. Without the loop (``use_loop``),
+    ``device_ms`` is the per-call time and ``device_from`` says so.
     """
+    looping = use_loop(loop, shapes)
     n = _model_trees.size(shapes)
     grads = _model_trees.materialize(shapes, seed=1)
     runs = {}
     for name, (tx, _) in specs.items():
         params = _model_trees.materialize(shapes)
-        jitted, compiled, state = compile_step(tx, params, grads)
+        with norm_form(name):
+            jitted, looped, compiled, state = compile_step(tx, params, grads, inner, looping)
         runs[name] = dict(
-            fn=jitted,
+            step=jitted,
+            loop=looped,
             params=params,
             state=state,
-            times=[],
+            device=[],
+            call=[],
             report=program_report(compiled, n),
             state_bpp=state_bytes_per_param(state, n),
         )
     for r in range(warmup + reps):
         for run in runs.values():
             t0 = time.perf_counter()
+            if looping:
+                run["params"], run["state"] = run["loop"](run["params"], run["state"], grads)
+                jax.block_until_ready(run["params"])
+            t1 = time.perf_counter()
             for _ in range(inner):
-                run["params"], run["state"] = run["fn"](run["params"], run["state"], grads)
+                run["params"], run["state"] = run["step"](run["params"], run["state"], grads)
             jax.block_until_ready(run["params"])
             if r >= warmup:
-                run["times"].append((time.perf_counter() - t0) / inner)
+                run["call"].append((time.perf_counter() - t1) / inner)
+                run["device"].append((t1 - t0) / inner if looping else run["call"][-1])
     return {
         name: dict(
-            median_ms=1e3 * statistics.median(run["times"]),
+            device_ms=1e3 * statistics.median(run["device"]),
+            call_ms=1e3 * statistics.median(run["call"]),
+            device_from="loop" if looping else "calls",
             state_bytes_per_param=run["state_bpp"],
             **run["report"],
         )
@@ -205,19 +282,19 @@ def time_variants(specs, shapes, reps, warmup=2, inner=1):
     }
 
 
-def copy_bandwidth(n: int, reps: int, inner: int) -> float:
+def copy_bandwidth(n: int, reps: int, inner: int, loop: str) -> float:
     """GB/s of a donated ``x * a + b`` on one leaf of ``n`` float32 (8 bytes per entry)."""
-    row = time_variants({AXPY: (None, None)}, {"x": (n,)}, reps, inner=inner)[AXPY]
-    return 8 * n / (row["median_ms"] * 1e6)
+    row = time_variants({AXPY: (None, None)}, {"x": (n,)}, reps, inner=inner, loop=loop)[AXPY]
+    return 8 * n / (row["device_ms"] * 1e6)
 
 
-def measure_tree(specs, shapes, reps, inner, torch_device) -> dict:
+def measure_tree(specs, shapes, reps, inner, torch_device, loop="auto") -> dict:
     """Every variant (and PyTorch's, when available) on one tree, with ratios and bandwidth."""
     n = _model_trees.size(shapes)
-    rows = time_variants(specs, shapes, reps, inner=inner)
+    rows = time_variants(specs, shapes, reps, inner=inner, loop=loop)
     if torch_device and _torch_step.available(torch_device):
         rows |= _torch_step.time_torch(shapes, reps, inner, torch_device)
-    copy = copy_bandwidth(n, reps, inner)
+    copy = copy_bandwidth(n, reps, inner, loop)
     for name, row in rows.items():
         if "bytes_per_param" in row:
             # The bytes a step cannot avoid: read and write the state and the params, read the
@@ -225,14 +302,16 @@ def measure_tree(specs, shapes, reps, inner, torch_device) -> dict:
             # for packed layouts, counts every slice of a buffer as a read of all of it.
             floor = 8.0 if name == AXPY else 2 * row["state_bytes_per_param"] + 12
             row["floor_bytes_per_param"] = floor
-            row["gb_per_s"] = floor * n / (row["median_ms"] * 1e6)
+            row["gb_per_s"] = floor * n / (row["device_ms"] * 1e6)
             row["of_copy"] = row["gb_per_s"] / copy
     for name, (_, counterpart) in specs.items():
         if counterpart in rows:
-            rows[name]["ratio"] = rows[name]["median_ms"] / rows[counterpart]["median_ms"]
+            rows[name]["ratio"] = rows[name]["device_ms"] / rows[counterpart]["device_ms"]
+            rows[name]["call_ratio"] = rows[name]["call_ms"] / rows[counterpart]["call_ms"]
             rows[name]["vs"] = counterpart
+    # Device time against device time (PyTorch's: ``inner`` eager steps in a row).
     ratios = {
-        f"{a} / {b}": rows[a]["median_ms"] / rows[b]["median_ms"]
+        f"{a} / {b}": rows[a]["device_ms"] / rows[b]["device_ms"]
         for a, b in EXTRA_RATIOS + [t[:2] for t in TARGETS]
         if a in rows and b in rows
     }
@@ -253,7 +332,7 @@ def scaling(sizes, reps, inner=1):
     for n in sizes:
         rows = time_variants(specs, {"x": (n,)}, reps, inner=inner)
         out[str(n)] = {
-            k: dict(median_ms=v["median_ms"], ns_per_param=1e6 * v["median_ms"] / n)
+            k: dict(device_ms=v["device_ms"], ns_per_param=1e6 * v["device_ms"] / n)
             for k, v in rows.items()
         }
     return out
@@ -264,15 +343,24 @@ def print_tree(title, result):
         f"\n{title}: {result['leaves']} leaves, {result['params']:,} float32 parameters; "
         f"device copy {result['copy_gb_per_s']:.0f} GB/s"
     )
+    loops = {r.get("device_from") for r in result["rows"].values()} - {None}
+    print(
+        "device ms: per step inside one jitted loop; per call ms: separate jitted calls"
+        + ("" if loops == {"loop"} else " (no loop on this tree: device ms = per call ms)")
+    )
     head = (
-        f"{'variant':<34}{'ms':>9}{'ratio':>7}  {'vs':<24}{'B/param':>8}"
+        f"{'variant':<36}{'device ms':>10}{'ratio':>7}{'per call':>9}{'ratio':>7}  {'vs':<24}"
+        f"{'B/param':>8}"
         f"{'state B/p':>10}{'temp B':>11}{'fusions':>8}{'GB/s':>7}{'of copy':>8}"
     )
     print(head)
     print("-" * len(head))
     for name, r in result["rows"].items():
         ratio = f"{r['ratio']:.2f}" if "ratio" in r else ""
-        line = f"{name:<34}{r['median_ms']:>9.3f}{ratio:>7}  {r.get('vs', ''):<24}"
+        call_ratio = f"{r['call_ratio']:.2f}" if "call_ratio" in r else ""
+        call = f"{r['call_ms']:.3f}" if "call_ms" in r else ""
+        line = f"{name:<36}{r['device_ms']:>10.3f}{ratio:>7}{call:>9}{call_ratio:>7}  "
+        line += f"{r.get('vs', ''):<24}"
         if "bytes_per_param" in r:
             line += (
                 f"{r['bytes_per_param']:>8.1f}{r['state_bytes_per_param']:>10.1f}"
@@ -297,7 +385,7 @@ def plot(results, path):
     )
     for ax, name in zip(axes[0], tree_names, strict=True):
         rows = results["trees"][name]["rows"]
-        base = rows["optax.adam"]["median_ms"]
+        base = rows["optax.adam"]["device_ms"]
         names = list(rows)
         # optclip blue, the references (optax, the copy yardstick) gray, PyTorch orange.
         colors = [
@@ -308,11 +396,11 @@ def plot(results, path):
             else "tab:blue"
             for k in names
         ]
-        ax.barh(names, [rows[k]["median_ms"] / base for k in names], color=colors)
+        ax.barh(names, [rows[k]["device_ms"] / base for k in names], color=colors)
         ax.axvline(1.0, color="black", lw=0.8)
         tree = results["trees"][name]
         ax.set_title(f"{name}\n{tree['leaves']} leaf(s), {tree['params']:,} params", fontsize=9)
-        ax.set_xlabel("step time / optax.adam")
+        ax.set_xlabel("device time per step / optax.adam")
     axes[0][0].invert_yaxis()
     fig.suptitle(f"{results['machine']['device']}, scale {results['scale']}", fontsize=10)
     return str(save(fig, path))
@@ -326,7 +414,17 @@ def main(argv=None):
     ap.add_argument("--trees", default="one leaf," + ",".join(_model_trees.MODELS))
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument(
-        "--inner", type=int, default=1, help="steps per timed sample (use ~10 on a GPU)"
+        "--inner",
+        type=int,
+        default=2,
+        help="steps per timed sample: the jitted loop's length and the calls in a row "
+        "(use ~10 on a GPU)",
+    )
+    ap.add_argument(
+        "--loop",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="time steps inside one jitted loop: auto = on accelerators, and for one leaf on CPU",
     )
     ap.add_argument("--sizes", help="comma-separated N for the scaling table (default 1e5,1e6,1e7)")
     ap.add_argument("--torch-device", default="cuda", help="'cuda', 'cpu', or '' for none")
@@ -353,9 +451,9 @@ def main(argv=None):
         specs = variants()
         if args.quick and len(shapes) > 1:  # compiling many-leaf programs dominates
             specs = {k: v for k, v in specs.items() if k in QUICK_MODEL_VARIANTS}
-        result = measure_tree(specs, shapes, reps, args.inner, args.torch_device)
+        result = measure_tree(specs, shapes, reps, args.inner, args.torch_device, args.loop)
         results["trees"][name] = result
-        print_tree(f"{name}, donated, median of {reps}", result)
+        print_tree(f"{name}, donated, median of {reps}, {args.inner} step(s) a sample", result)
     results["scaling"] = scaling(sizes, reps, args.inner)
     if sizes:
         print("\nscaling (ns per parameter, one leaf; constant means linear cost)")

@@ -6,6 +6,10 @@ return an :class:`optax.GradientTransformation`; the ``scale_by_*``,
 to be combined with :func:`optax.chain`.
 """
 
+from optclip import _requirements
+
+_requirements.check()
+
 from optclip import diagnostics, problems, theory
 from optclip._acclip import ScaleByACClipState, scale_by_acclip
 from optclip._acclip_threshold import (

@@ -24,6 +24,8 @@ Every transform in optclip follows one rule (also in ``docs/numerics.md``):
 
 from __future__ import annotations
 
+import os
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -33,45 +35,100 @@ from optclip._checks import static_value
 from optclip._types import Scalar
 
 # Below this sum of squares, float32 squares of the entries may have flushed
-# to zero; the rescaled path gets the norm right there.
+# to zero; the rescaled sums get the norm right there.
 _SMALL_SQUARED_NORM = 1e-30
+
+# How `global_norm` runs its rescue sums (docs/numerics.md, "The global norm"). "cond": only when
+# the plain sum of squares is unusable, through a lax.cond, on every backend (the default).
+# "select": always, one read with the plain sum and a select, no control flow. "auto": cond on
+# CPU, select on GPU/TPU, where a cond stops the host every step. Read when a program is traced.
+NORM_FORM_VARIABLE = "OPTCLIP_GLOBAL_NORM"
+NORM_FORMS = ("cond", "select", "auto")
+
+
+def norm_form() -> str:
+    """The form :func:`global_norm` traces with: ``$OPTCLIP_GLOBAL_NORM``, or ``cond`` if unset."""
+    form = os.environ.get(NORM_FORM_VARIABLE, "cond")
+    if form not in NORM_FORMS:
+        raise ValueError(
+            f"Environment variable {NORM_FORM_VARIABLE} must be one of {', '.join(NORM_FORMS)}, "
+            f"got {form!r}."
+        )
+    return form
 
 
 def _leaves(tree: chex.ArrayTree) -> list[jax.Array]:
     return [jnp.asarray(x) for x in jax.tree.leaves(tree)]
 
 
-def _squares(x: jax.Array, scale: float = 1.0) -> jax.Array:
-    """``|scale * x|^2`` in float32, without the imaginary part's loss a cast would cause.
-
-    ``scale`` (a power of two, so exact) multiplies after the cast to float32.
-    """
+def _magnitudes(x: jax.Array) -> list[jax.Array]:
+    """The float32 parts whose squares sum to ``|x|^2``: ``x`` itself, or a complex leaf's real
+    and imaginary parts (cast after the split, so the imaginary part survives)."""
     if jnp.iscomplexobj(x):
         x = x.astype(jnp.promote_types(x.dtype, jnp.complex64))
-        re, im = x.real.astype(jnp.float32), x.imag.astype(jnp.float32)
-        if scale != 1.0:
-            re, im = re * scale, im * scale
-        return jnp.square(re) + jnp.square(im)
-    x = x.astype(jnp.float32)
-    return jnp.square(x * scale if scale != 1.0 else x)
+        return [x.real.astype(jnp.float32), x.imag.astype(jnp.float32)]
+    return [x.astype(jnp.float32)]
 
 
-def _sum_of_squares(leaves: list[jax.Array], scale: float = 1.0) -> jax.Array:
-    """``sum |scale * x|^2`` over every leaf, in float32."""
-    return jnp.asarray(sum(jnp.sum(_squares(x, scale)) for x in leaves))
+# Rescaling by 2^-96 and 2^96 goes through the float32 exponent bits (8 bits above 23 of
+# mantissa), never a float multiply: XLA may rewrite (c x)^2 as c^2 x^2, and 2^+-192 leaves
+# float32 (inf * 0 = NaN for a zero gradient). 2^-96 maps the largest float32 to 2^32, whose
+# square summed over up to 2^60 entries stays finite, and flushes only |x| < 2^-30, which a norm
+# above 2^64 cannot see; 2^96 lifts every nonzero float32 (|x| >= 2^-149) above 2^-53, far from
+# both flush-to-zero and, since it is used only when every |x| < 1e-15, from overflow.
+_SHIFT = 96
+_MANTISSA_BITS = 23
+_EXPONENT_INF = 255
 
 
-def _rescaled_norm(leaves: list[jax.Array]) -> jax.Array:
-    scale = jnp.max(jnp.stack([jnp.max(jnp.abs(x)).astype(jnp.float32) for x in leaves]))
-    # inf/NaN scales are left to produce a non-finite norm (rule 1).
-    safe = jnp.where((scale > 0) & jnp.isfinite(scale), scale, 1.0)
-    # |x| only for complex leaves: on real leaves the extra abs kept XLA:CPU from fusing this
-    # pass, which then wrote a parameter-sized temporary.
-    ssq = sum(
-        jnp.sum(jnp.square((jnp.abs(x) if jnp.iscomplexobj(x) else x).astype(jnp.float32) / safe))
-        for x in leaves
+def _exponent_and_bits(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    bits = jax.lax.bitcast_convert_type(x, jnp.int32) & 0x7FFFFFFF  # |x|
+    return bits >> _MANTISSA_BITS, bits
+
+
+def _scaled_down(x: jax.Array) -> jax.Array:
+    """``|x| * 2^-96`` exactly, flushing results below float32's normal range; inf/NaN kept."""
+    exponent, bits = _exponent_and_bits(x)
+    shifted = jax.lax.bitcast_convert_type(bits - (_SHIFT << _MANTISSA_BITS), jnp.float32)
+    return jnp.where(
+        exponent == _EXPONENT_INF, jnp.abs(x), jnp.where(exponent > _SHIFT, shifted, 0.0)
     )
-    return safe * jnp.sqrt(ssq)
+
+
+def _scaled_up(x: jax.Array) -> jax.Array:
+    """``|x| * 2^96`` exactly for ``|x| < 2^32`` (subnormals included); larger values stay as
+    they are (the up-scaled sum is only read when every ``|x| < 1e-15``), inf/NaN kept."""
+    exponent, bits = _exponent_and_bits(x)
+    shifted = jax.lax.bitcast_convert_type(bits + (_SHIFT << _MANTISSA_BITS), jnp.float32)
+    # A subnormal is bits * 2^-149; times 2^96 that is bits * 2^-53, where bits < 2^23 is an
+    # exact float32 and the constant's square is in range.
+    subnormal = bits.astype(jnp.float32) * 2.0 ** (_SHIFT - 149)
+    fits = exponent < _EXPONENT_INF - _SHIFT
+    return jnp.where(exponent == 0, subnormal, jnp.where(fits, shifted, jnp.abs(x)))
+
+
+def _sums_of_squares(leaves: list[jax.Array], scalings: tuple) -> list[jax.Array]:
+    """``sum |s(x)|^2`` over every leaf for each ``s`` in ``scalings`` (None: ``x`` itself), in
+    float32.
+
+    Several sums are one variadic reduction per leaf, which reads the leaf once whatever the
+    backend; summed one by one, XLA:CPU wrote each rescaled copy to memory first.
+    """
+    totals = [jnp.zeros((), jnp.float32) for _ in scalings]
+    for x in leaves:
+        for part in _magnitudes(x):
+            squares = tuple(jnp.square(part if s is None else s(part)) for s in scalings)
+            if len(squares) == 1:
+                sums: tuple = (jnp.sum(squares[0]),)
+            else:
+                sums = jax.lax.reduce(
+                    squares,
+                    tuple(jnp.zeros((), jnp.float32) for _ in squares),
+                    lambda a, b: tuple(p + q for p, q in zip(a, b, strict=True)),
+                    tuple(range(part.ndim)),
+                )
+            totals = [t + u for t, u in zip(totals, sums, strict=True)]
+    return totals
 
 
 def _usable(sq: jax.Array) -> jax.Array:
@@ -79,62 +136,91 @@ def _usable(sq: jax.Array) -> jax.Array:
     return jnp.isfinite(sq) & (sq >= _SMALL_SQUARED_NORM)
 
 
-def _norm_with_fallback(leaves: list[jax.Array]) -> jax.Array:
-    # One read in the common case, a second (max-rescaled) only when the sum is unusable.
-    # A lax.cond is free on CPU, where its predicate already lives on the host.
-    sq = _sum_of_squares(leaves)
+def _rescued(sq: jax.Array, down: jax.Array, up: jax.Array) -> jax.Array:
+    """The norm from the sum that neither overflowed nor underflowed.
 
-    def rescaled(leaves):
+    A NaN plain sum fails ``sq > 1`` and reaches ``up``, NaN too; an infinite entry makes
+    ``down`` infinite (rule 1). The final scalings split 2^+-96 into an exact exponent shift of
+    2^+-48 and a float multiply by 2^+-48, whose square is in range; the multiply rounds a
+    subnormal norm and overflows a norm above float32's range to inf, as IEEE arithmetic does.
+    """
+    half = _SHIFT // 2
+    big = _times_power_of_two(jnp.sqrt(down), half) * 2.0**half
+    small = _times_power_of_two(jnp.sqrt(up), -half) * 2.0**-half
+    return jnp.where(sq > 1.0, big, small)
+
+
+def _times_power_of_two(x: jax.Array, k: int) -> jax.Array:
+    """``x * 2^k`` through the exponent bits of a normal float32 ``x``; 0, inf and NaN are kept.
+
+    The caller keeps ``x * 2^k`` in the normal range (``_rescued``'s operands do).
+    """
+    exponent, _ = _exponent_and_bits(x)
+    bits = jax.lax.bitcast_convert_type(x, jnp.int32)
+    shifted = jax.lax.bitcast_convert_type(bits + (k << _MANTISSA_BITS), jnp.float32)
+    fits = (exponent > 0) & (exponent < _EXPONENT_INF)
+    return jnp.where(fits, shifted, x)
+
+
+def _norm_cond(leaves: list[jax.Array]) -> jax.Array:
+    # One read in the common case; the rescaled sums (a second read) only when the plain sum is
+    # unusable. A lax.cond is free on CPU, where its predicate already lives on the host.
+    (sq,) = _sums_of_squares(leaves, (None,))
+
+    def rescue(leaves):
         # The barrier keeps XLA from turning the cond into a select that runs both branches.
-        return _rescaled_norm(jax.lax.optimization_barrier(leaves))
+        leaves = jax.lax.optimization_barrier(leaves)
+        return _rescued(sq, *_sums_of_squares(leaves, (_scaled_down, _scaled_up)))
 
-    return jax.lax.cond(_usable(sq), lambda leaves: jnp.sqrt(sq), rescaled, leaves)
-
-
-# Sums of (2^-96 x)^2 and (2^96 x)^2 cover the norms whose plain sum of squares overflows or
-# underflows float32: 2^-96 maps the largest float32 to 2^32 (its square, summed over up to
-# 2^60 entries, stays finite) and flushes only |x| < 2^33, which a norm above 2^64 cannot
-# see; 2^96 lifts every nonzero float32 (|x| >= 2^-149) above the flush-to-zero range, and a
-# plain sum below 1e-30 keeps the lifted one far from overflow.
-_DOWN, _UP = 2.0**-96, 2.0**96
+    return jax.lax.cond(_usable(sq), lambda leaves: jnp.sqrt(sq), rescue, leaves)
 
 
-def _norm_in_one_pass(leaves: list[jax.Array]) -> jax.Array:
-    # Three sums of one read and no control flow: XLA fuses sibling reductions of a leaf into
-    # one kernel on accelerators, where a lax.cond would stop the host every step to read its
-    # predicate (the GPU conditional copies it to the host and waits for the stream).
-    sq, down, up = (_sum_of_squares(leaves, s) for s in (1.0, _DOWN, _UP))
-    # A NaN sum fails both tests and reaches `up`, NaN too; an infinite entry makes `down`
-    # infinite (rule 1).
-    rescued = jnp.where(sq > 1.0, jnp.sqrt(down) * _UP, jnp.sqrt(up) * _DOWN)
-    return jnp.where(_usable(sq), jnp.sqrt(sq), rescued)
+def _norm_select(leaves: list[jax.Array]) -> jax.Array:
+    # Three sums in one reduction per leaf and no control flow: on accelerators a lax.cond stops
+    # the host every step to read its predicate (the GPU conditional copies it to the host and
+    # waits for the stream).
+    sq, down, up = _sums_of_squares(leaves, (None, _scaled_down, _scaled_up))
+    return jnp.where(_usable(sq), jnp.sqrt(sq), _rescued(sq, down, up))
 
 
 def global_norm(tree: chex.ArrayTree) -> jax.Array:
     """Euclidean norm of all leaves of ``tree`` as a float32 scalar.
 
     The norm of any finite float32 tree is finite and accurate (even with
-    entries near float32's largest or smallest values), and a tree holding NaN
-    or inf has a non-finite norm. How, depends on the backend (picked when the
-    program is compiled, with :func:`jax.lax.platform_dependent`):
+    entries near float32's largest or smallest values), a zero tree has norm 0,
+    and a tree holding NaN or inf has a non-finite norm. The plain float32 sum
+    of squares gives the norm unless it overflowed, underflowed or is not
+    finite; then sums of ``(2^-96 x)^2`` and ``(2^96 x)^2`` do, with the
+    scaling done on the exponent bits, so no rewrite of the algebra by the
+    compiler can change the answer (docs/numerics.md).
 
-    * CPU: one fused read of the tree for a float32 sum of squares; only when
-      that sum overflowed, underflowed or is not finite, a ``lax.cond`` runs a
-      max-rescaled second pass.
-    * GPU, TPU and others: one read without control flow. Each leaf's kernel
-      also sums the squares of ``2^-96 x`` and ``2^96 x``, and the sum that did
-      not overflow or underflow gives the norm.
+    When the rescaled sums run is a choice of speed, not of result, made by
+    the environment variable ``OPTCLIP_GLOBAL_NORM`` when a program is traced:
+
+    * ``cond`` (default): only when needed, through a ``lax.cond``, on every
+      backend. Free on CPU; on a GPU the conditional makes the host wait for
+      the device once per step.
+    * ``select``: always, in the same read of the tree as the plain sum, and
+      a select picks the result. No control flow.
+    * ``auto``: ``cond`` on CPU and ``select`` on GPU and TPU (picked when the
+      program is compiled, with :func:`jax.lax.platform_dependent`).
 
     Args:
       tree: a pytree of arrays.
 
     Returns:
       A float32 scalar.
+
+    Raises:
+      ValueError: ``OPTCLIP_GLOBAL_NORM`` holds another value.
     """
     leaves = _leaves(tree)
     if not leaves:
         return jnp.zeros((), jnp.float32)
-    return jax.lax.platform_dependent(leaves, cpu=_norm_with_fallback, default=_norm_in_one_pass)
+    form = norm_form()
+    if form == "auto":
+        return jax.lax.platform_dependent(leaves, cpu=_norm_cond, default=_norm_select)
+    return (_norm_cond if form == "cond" else _norm_select)(leaves)
 
 
 def momentum_zeros(params: optax.Params, dtype: jax.typing.DTypeLike) -> optax.Updates:
@@ -213,7 +299,7 @@ def power_mean(a: jax.Array, b: jax.Array, weight: Scalar, alpha: Scalar) -> jax
 def fraction_true(tree_of_bools: chex.ArrayTree) -> jax.Array:
     """Fraction of True entries over all leaves, as a float32 scalar."""
     leaves = jax.tree.leaves(tree_of_bools)
-    total = optax.tree.size(leaves)
+    total = sum(jnp.size(x) for x in leaves)  # optax.tree.size needs optax 0.2.6
     if total == 0:
         return jnp.zeros((), jnp.float32)
     # An int32 count fuses with the comparison that produces the mask; a float32

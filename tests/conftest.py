@@ -111,6 +111,16 @@ def heavy_tailed_grads(
     return out
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def subprocess_env(**overrides: str) -> dict[str, str]:
+    """This process's environment for a child Python, with the checkout first on its path, so
+    an example or worker imports this optclip whether or not it is pip-installed."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": ROOT + (os.pathsep + path if path else ""), **overrides}
+
+
 def initial_params(seed: int = 1) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}

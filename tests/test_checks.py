@@ -84,7 +84,7 @@ def test_python_zero_may_drop_state_but_an_array_zero_keeps_it():
     np.testing.assert_allclose(a["w"], b["w"], rtol=1e-6)  # same updates either way
 
 
-@pytest.mark.parametrize("bad", ["float99", "int32", object()], ids=str)
+@pytest.mark.parametrize("bad", ["float99", "int32", object()], ids=["float99", "int32", "object"])
 def test_mu_dtype_is_checked_by_name(bad):
     with pytest.raises(TypeError, match="`mu_dtype` must be a floating dtype"):
         optclip.acclip(0.1, mu_dtype=bad)

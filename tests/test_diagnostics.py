@@ -21,6 +21,23 @@ def test_tail_index_recovers_alpha_stable(alpha):
     assert abs(D.tail_index(xv, 200) - alpha) < 0.1
 
 
+def test_tail_index_stays_in_the_stable_range():
+    """Few blocks of light-tailed data: the raw estimate of 1/alpha scatters below 1/2 (or 0)
+    for some draws, and the reported index is then 2, never beyond."""
+    rng = np.random.default_rng(0)
+    raw, clamped = [], []
+    for _ in range(200):
+        x = rng.standard_normal(128)
+        raw.append(D.tail_index(x, 16, clamp=False))
+        clamped.append(D.tail_index(x, 16))
+    raw, clamped = np.array(raw), np.array(clamped)
+    assert np.any((raw > 2) | (raw < 0))  # the estimator does leave the range here
+    assert np.all((clamped > 0) & (clamped <= 2))
+    inside = (raw > 0) & (raw <= 2)
+    np.testing.assert_array_equal(clamped[inside], raw[inside])
+    assert np.all(clamped[~inside] == 2.0)
+
+
 def test_tail_index_of_gaussian_vectors_is_two():
     g = jax.random.normal(jax.random.key(2), (40_000, 10))
     assert abs(D.tail_index(g, 200) - 2.0) < 0.1

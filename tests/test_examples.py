@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from tests.conftest import subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,14 +37,13 @@ def test_noise_diagnostics_reports_both_models(tmp_path, capsys):
     rows = example.main(["--quick", "--out", str(tmp_path)])
     assert set(rows) == {"char transformer (text)", "MLP (digits)"}
     for r in rows.values():
-        assert 0.3 < r["stable"] < 5 and r["hill"] > 0
+        assert 0 < r["stable"] <= 2 and r["hill"] > 0
     assert "Reading:" in capsys.readouterr().out
 
 
 def test_sharded_training_resumes_bitwise_from_checkpoint():
     # A process of its own with 8 CPU devices, whatever this test's backend is.
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    env = subprocess_env(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
     proc = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "sharded_training.py"), "--steps", "40"],
         capture_output=True,
@@ -61,7 +63,7 @@ def test_sharded_training_resumes_bitwise_from_checkpoint():
 
 
 def test_notebooks_match_their_paired_sources():
-    import jupytext
+    jupytext = pytest.importorskip("jupytext", reason="jupytext (the test extra) pairs them")
 
     for source in sorted((ROOT / "examples" / "notebooks").glob("*.py")):
         notebook = source.with_suffix(".ipynb")

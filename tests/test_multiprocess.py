@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 import local_processes  # noqa: E402
 
 from tests import distributed_worker as worker  # noqa: E402
+from tests.conftest import subprocess_env  # noqa: E402
 
 pytest.importorskip("orbax.checkpoint")
 
@@ -33,7 +34,12 @@ TIMEOUT = 240.0  # seconds for one job; the longest takes about 35 s on 2 cores
 def _bounded(command, timeout):
     """Runs ``command`` in a process group of its own; the whole group dies at ``timeout``."""
     proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env=subprocess_env(),
     )
     try:
         out, err = proc.communicate(timeout=timeout)

@@ -10,9 +10,10 @@ import pytest
 
 import optclip
 from optclip._numerics import (
+    NORM_FORM_VARIABLE,
     _leaves,
-    _norm_in_one_pass,
-    _norm_with_fallback,
+    _norm_cond,
+    _norm_select,
     power_mean,
     safe_divide,
 )
@@ -55,28 +56,85 @@ def _all_makers():
     return [(c.name, c.make) for c in CASES] + ZERO_THRESHOLD_CASES
 
 
-@pytest.mark.parametrize("name,make", _all_makers(), ids=[n for n, _ in _all_makers()])
+# The optimizers whose step takes a global norm: each runs with both forms of the norm.
+GLOBAL_NORM = {
+    "gclip",
+    "gclip_momentum",
+    "clipped_gd",
+    "normalized_gd",
+    "normalized_momentum_sgd",
+    "clip_momentum_sgd",
+    "gclip_tau0",
+    "drop_in_clip_tau0",
+}
+FORMS = ("cond", "select")
+
+
+def _extreme_cases() -> list:
+    cases = []
+    for name, make in _all_makers():
+        for form in FORMS if name in GLOBAL_NORM else FORMS[:1]:
+            cases.append(pytest.param(name, make, form, id=f"{name}-{form}"))
+    return cases
+
+
+def test_global_norm_family_is_listed(monkeypatch):
+    """GLOBAL_NORM names exactly the optimizers whose program takes the norm's conditional."""
+    monkeypatch.setenv(NORM_FORM_VARIABLE, "cond")
+    params = jax.tree.map(jnp.asarray, initial_params())
+    found = set()
+    for name, make in _all_makers():
+        tx = make()
+        jaxpr = jax.make_jaxpr(tx.update)(params, tx.init(params), params)
+        if "cond[" in str(jaxpr):
+            found.add(name)
+    assert found == GLOBAL_NORM
+
+
+def _loss_with_gradient(params, g):
+    """A loss whose gradient with respect to ``params`` is ``g``."""
+    return sum(
+        jnp.sum(p.astype(jnp.float32) * x.astype(jnp.float32))
+        for p, x in zip(jax.tree.leaves(params), jax.tree.leaves(g), strict=True)
+    )
+
+
+def fused_training_step(tx):
+    """Loss, gradient, optimizer and parameter update in one jitted program, as users train."""
+
+    @jax.jit
+    def step(params, state, g):
+        grads = jax.grad(_loss_with_gradient)(params, g)
+        u, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, u), u, state
+
+    return step
+
+
+@pytest.mark.parametrize("name,make,form", _extreme_cases())
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
-def test_extreme_gradients_stay_finite(name, make, dtype):
-    """zero, tiny, huge and a 1e6x spike (capped at the dtype's range) never give inf/NaN."""
+def test_extreme_gradients_stay_finite(name, make, form, dtype, monkeypatch):
+    """zero, tiny, huge and a 1e6x spike (capped at the dtype's range) never give inf/NaN,
+    inside a fused training step and with either form of the global norm."""
+    monkeypatch.setenv(NORM_FORM_VARIABLE, form)
     rng = np.random.default_rng(0)
     tx = make()
     params = jax.tree.map(lambda x: jnp.asarray(x, dtype), initial_params())
     state = tx.init(params)
-    update = jax.jit(tx.update)
+    step = fused_training_step(tx)
     kinds = ["zero", "zero", "tiny", "normal", "huge", "tiny", "zero", "normal"]
     for kind in kinds:
         g = _grads(kind, dtype, rng)
-        u, state = update(g, state, params)
+        params, u, state = step(params, state, g)
         assert _finite(u), f"{name}: non-finite update after a {kind} gradient"
         assert _finite(state), f"{name}: non-finite state after a {kind} gradient"
-        params = optax.apply_updates(params, u)
+        assert _finite(params), f"{name}: non-finite params after a {kind} gradient"
     # A spike of 1e6x the normal scale (or the dtype's limit) in a single step.
     spike = min(1e6, _huge(dtype))
     g = jax.tree.map(
         lambda x: (x.astype(jnp.float32) * spike).astype(dtype), _grads("normal", dtype, rng)
     )
-    u, state = update(g, state, params)
+    _, u, state = step(params, state, g)
     assert _finite(u) and _finite(state)
 
 
@@ -109,18 +167,18 @@ def test_apply_if_finite_skips_the_bad_step(case):
     assert _finite(u) and int(state.notfinite_count) == 0
 
 
-def _one_pass(tree):
-    return _norm_in_one_pass(_leaves(tree))
+def _cond(tree):
+    return _norm_cond(_leaves(tree))
 
 
-def _with_fallback(tree):
-    return _norm_with_fallback(_leaves(tree))
+def _select(tree):
+    return _norm_select(_leaves(tree))
 
 
-# The public function, and both of its implementations called directly: the CPU one (sum, and a
-# rescaled pass only when needed) and the accelerators' one (three sums in one read), so the
-# numerics of the GPU/TPU program are checked on every backend.
-NORMS = {"global_norm": optclip.global_norm, "with_fallback": _with_fallback, "one_pass": _one_pass}
+# The public function, and both of its forms called directly (the lazy rescue under a lax.cond,
+# and the select that always computes it), so the program an accelerator runs with
+# OPTCLIP_GLOBAL_NORM=auto is checked on every backend.
+NORMS = {"global_norm": optclip.global_norm, "cond": _cond, "select": _select}
 
 
 @pytest.mark.parametrize("norm", NORMS.values(), ids=NORMS.keys())
@@ -143,10 +201,21 @@ class TestGlobalNorm:
         big = float(jnp.finfo(jnp.float32).max) / 4
         got = float(jax.jit(norm)({"a": jnp.full((4,), big, jnp.float32), "b": jnp.ones(2)}))
         assert got == pytest.approx(2 * big, rel=1e-6)  # sqrt(4 big^2): half of float32's max
+        # A norm beyond float32's range is inf, as the exact value rounds there.
+        assert float(jax.jit(norm)({"a": jnp.full((4,), 4 * big, jnp.float32)})) == np.inf
 
     def test_wide_range_in_one_tree(self, norm):
         tree = {"big": jnp.array([3e30, 4e30], jnp.float32), "small": jnp.full((10,), 1e-30)}
         assert float(jax.jit(norm)(tree)) == pytest.approx(5e30, rel=1e-6)
+
+    @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16], ids=lambda d: jnp.dtype(d).name)
+    def test_half_precision_extremes(self, norm, dtype):
+        info = jnp.finfo(dtype)
+        # A sixteenth of the largest value keeps the norm (8 entries' worth) below float32's max.
+        for value in (float(info.max) / 16, float(info.smallest_normal)):
+            x = jnp.full((64,), value, dtype)
+            want = float(x[0].astype(jnp.float32)) * 8.0
+            assert float(jax.jit(norm)({"x": x})) == pytest.approx(want, rel=1e-6)
 
     def test_bfloat16_leaves_accumulate_in_float32(self, norm):
         x = jnp.ones((100_000,), jnp.bfloat16)
@@ -158,31 +227,83 @@ class TestGlobalNorm:
         if norm is optclip.global_norm:
             assert float(norm({})) == 0.0
         assert float(jax.jit(norm)({"a": jnp.zeros(4)})) == 0.0
+        assert float(jax.jit(norm)({"a": -jnp.zeros(4), "b": jnp.zeros((), jnp.bfloat16)})) == 0.0
 
     @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-    def test_non_finite(self, norm, bad):
-        got = float(jax.jit(norm)({"a": jnp.array([1.0, bad]), "b": jnp.ones(3)}))
+    @pytest.mark.parametrize("others", [1.0, 1e-30, 1e30], ids=["normal", "tiny", "huge"])
+    def test_non_finite(self, norm, bad, others):
+        got = float(jax.jit(norm)({"a": jnp.array([others, bad]), "b": jnp.full(3, others)}))
         assert np.isnan(got) if np.isnan(bad) else got == np.inf
 
 
-def test_global_norm_lowering_per_platform():
-    """CPU keeps the conditional fallback; GPU and TPU programs read each leaf once, without it.
+def _constant_multipliers(jaxpr):
+    """Every float literal or constant that multiplies or divides in ``jaxpr``, sub-jaxprs too."""
+    found = []
+    consts = dict(zip(jaxpr.jaxpr.constvars, jaxpr.consts, strict=True))
+
+    def walk(inner, consts):
+        for eqn in inner.eqns:
+            if eqn.primitive.name in ("mul", "div"):
+                for v in eqn.invars:
+                    value = v.val if hasattr(v, "val") else consts.get(v)  # a literal
+                    if value is not None and np.issubdtype(np.asarray(value).dtype, np.floating):
+                        found.append(float(np.asarray(value).max()))
+            for param in eqn.params.values():
+                for sub in param if isinstance(param, tuple | list) else [param]:
+                    if hasattr(sub, "consts"):  # a closed jaxpr
+                        walk(sub.jaxpr, dict(zip(sub.jaxpr.constvars, sub.consts, strict=True)))
+                    elif hasattr(sub, "eqns"):
+                        walk(sub, {})
+
+    walk(jaxpr.jaxpr, consts)
+    return found
+
+
+@pytest.mark.parametrize("form", ["cond", "select", "auto"])
+def test_no_constant_whose_square_leaves_float32(form, monkeypatch):
+    """The norm's program multiplies only by constants whose square is a normal float32, so a
+    compiler that rewrites ``(c x)^2`` as ``c^2 x^2`` cannot make inf or 0 of them."""
+    monkeypatch.setenv(NORM_FORM_VARIABLE, form)
+    tree = {"a": jnp.ones(10), "b": jnp.ones((3, 4), jnp.bfloat16), "c": jnp.ones(2, jnp.complex64)}
+    constants = _constant_multipliers(jax.make_jaxpr(lambda t: optclip.global_norm(t))(tree))
+    info = np.finfo(np.float32)
+    assert constants, "the rescue path should scale by powers of two"
+    for c in constants:
+        assert info.smallest_normal <= c * c <= info.max, c
+
+
+def test_global_norm_lowering_per_platform(monkeypatch):
+    """By default every backend runs the conditional rescue; with ``auto`` the GPU and TPU
+    programs read each leaf once, without it, and CPU keeps it.
 
     The GPU runtime copies a conditional's predicate to the host and waits for the device
-    every step, so the accelerator program must not have one (docs/performance.md).
+    every step, which ``auto`` avoids (docs/performance.md).
     """
     tree = {"a": jnp.ones(10), "b": jnp.ones((3, 4), jnp.bfloat16)}
-    text = {
-        p: jax.export.export(jax.jit(optclip.global_norm), platforms=[p])(tree).mlir_module()
-        for p in ("cpu", "cuda", "tpu")
-    }
+
+    def lowered(platform):
+        # A new function each time: jit would reuse a trace of global_norm made under another form.
+        fn = jax.jit(lambda t: optclip.global_norm(t))
+        return jax.export.export(fn, platforms=[platform])(tree)
+
+    for p in ("cpu", "cuda", "tpu"):
+        assert "optimization_barrier" in lowered(p).mlir_module()
+    monkeypatch.setenv(NORM_FORM_VARIABLE, "auto")
+    text = {p: lowered(p).mlir_module() for p in ("cpu", "cuda", "tpu")}
     assert "optimization_barrier" in text["cpu"]
     for p in ("cuda", "tpu"):
         assert "optimization_barrier" not in text[p]
-        # Three sums of squares per leaf, and no reduction for a max (the rescaled pass).
-        assert text[p].count("stablehlo.reduce(") == 3 * 2
-        assert "stablehlo.maximum" not in text[p]
+        # One reduction per leaf, of three sums (plain, scaled down, scaled up): one read.
+        assert text[p].count("stablehlo.reduce(") == 2
         assert text[p].count("stablehlo.case") < text["cpu"].count("stablehlo.case")
+
+
+def test_norm_form_is_checked(monkeypatch):
+    monkeypatch.setenv(NORM_FORM_VARIABLE, "fast")
+    with pytest.raises(
+        ValueError, match=r"OPTCLIP_GLOBAL_NORM must be one of cond, select, auto, got 'fast'"
+    ):
+        optclip.global_norm({"a": jnp.ones(2)})
 
 
 class TestZeroOverZero:
@@ -234,9 +355,12 @@ Z = {"a": np.array([3 + 4j, -1j, 0j], np.complex64), "b": np.array([[2 - 2j]], n
 def test_global_norm_of_complex_leaves_uses_moduli():
     expected = np.sqrt(sum(np.sum(np.abs(v.astype(np.complex128)) ** 2) for v in Z.values()))
     np.testing.assert_allclose(optclip.global_norm(Z), expected, rtol=1e-6)
-    # The rescaled path (entries whose squares underflow float32) agrees.
-    tiny = jax.tree.map(lambda v: v * np.complex64(1e-25), Z)
-    np.testing.assert_allclose(optclip.global_norm(tiny), expected * 1e-25, rtol=1e-5)
+    # The rescaled sums (entries whose squares underflow or overflow float32) agree, in both
+    # forms.
+    for scale in (1e-25, 1e25):
+        z = jax.tree.map(lambda v, s=scale: v * np.complex64(s), Z)
+        for norm in (optclip.global_norm, _select):
+            np.testing.assert_allclose(norm(z), expected * scale, rtol=1e-5)
 
 
 def test_clipping_a_complex_update_keeps_each_phase():

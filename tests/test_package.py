@@ -49,7 +49,11 @@ def test_import_loads_no_optional_dependency():
 
 
 def test_version_has_one_source():
-    assert optclip.__version__ == importlib.metadata.version("optclip")
+    try:
+        installed = importlib.metadata.version("optclip")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("optclip is not installed (run from a checkout): no metadata to compare")
+    assert optclip.__version__ == installed
     assert 'dynamic = ["version"]' in (ROOT / "pyproject.toml").read_text()
 
 
@@ -105,3 +109,36 @@ def test_renamed_diagnostics_warn_and_still_work(old, new):
     assert value is getattr(optclip.diagnostics, new)
     assert any(issubclass(w.category, DeprecationWarning) and new in str(w.message) for w in caught)
     assert old not in optclip.diagnostics.__all__
+
+
+def test_dependency_floors_have_one_source():
+    """pyproject.toml declares exactly the floors that optclip checks at import."""
+    import tomllib
+
+    from optclip import _requirements
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    declared = dict(re.fullmatch(r"([a-z]+)>=([\d.]+)", d).groups() for d in deps)
+    assert declared == _requirements.MINIMUM
+    floor = (ROOT / ".ci" / "floor.txt").read_text()
+    pinned = dict(re.findall(r"^([a-z]+)==([\d.]+)", floor, flags=re.M))
+    for name, version in _requirements.MINIMUM.items():
+        assert _requirements.release(pinned[name])[:2] == _requirements.release(version)[:2], name
+
+
+def test_a_stack_below_the_floor_is_named_at_import():
+    from optclip import _requirements
+
+    current = {"jax": "0.12.0.1", "jaxlib": "0.12.0.1", "optax": "0.2.8", "chex": "0.1.92"}
+    _requirements.check({**current, "numpy": "2.4.0rc1"})  # nothing below: no error
+    _requirements.check({**current, "numpy": None})  # no metadata: nothing to compare
+    with pytest.raises(
+        ImportError, match=r"optax 0\.2\.4 is installed; optclip needs optax>=0\.2\.5"
+    ):
+        _requirements.check({**current, "optax": "0.2.4"})
+    with pytest.raises(ImportError, match=r"jax 0\.4\.9 is installed; optclip needs jax>=0\.4\.35"):
+        _requirements.check({**current, "jax": "0.4.9"})
+    assert _requirements.release("0.12.0.1") == (0, 12, 0, 1)
+    assert _requirements.release("1.26") < _requirements.release("1.26.4")
+    with pytest.raises(ValueError, match="not a version"):
+        _requirements.release("dev")

@@ -19,7 +19,7 @@ def as_samples(samples: jax.typing.ArrayLike, name: str = "samples") -> np.ndarr
     return x
 
 
-def tail_index(samples: jax.typing.ArrayLike, block_size: int) -> float:
+def tail_index(samples: jax.typing.ArrayLike, block_size: int, *, clamp: bool = True) -> float:
     r"""Tail index ``alpha`` of symmetric alpha-stable data (Mohammadi et al. 2015).
 
     Split the ``N = K1 K2`` samples into ``K2`` blocks of ``K1 = block_size``,
@@ -34,9 +34,17 @@ def tail_index(samples: jax.typing.ArrayLike, block_size: int) -> float:
     Gaussian-like, smaller is heavier. Norms of noise vectors are one-sided
     and violate the symmetry; use :func:`hill_tail_index` for them.
 
+    An alpha-stable index lies in ``(0, 2]``, but the estimate of ``1/alpha``
+    scatters around its value: for light-tailed data with few blocks it can
+    fall below ``1/2`` or below 0, where ``1/x`` would read as an index of 11
+    or -3. By default such an estimate is reported as 2 (Gaussian-like); pass
+    ``clamp=False`` for the raw ``1/x``, e.g. to flag clamped estimates
+    (``tail_index(x, k, clamp=False) != tail_index(x, k)``).
+
     Args:
       samples: shape ``(N,)`` or ``(N, d)``, finite.
       block_size: ``K1 >= 2``, dividing ``N``.
+      clamp: report an estimate of ``1/alpha`` below ``1/2`` as 2.
 
     Raises:
       ValueError: fewer than 2 samples, non-finite samples, or a
@@ -54,7 +62,7 @@ def tail_index(samples: jax.typing.ArrayLike, block_size: int) -> float:
     bmag = np.abs(blocks) if x.ndim == 1 else np.linalg.norm(blocks, axis=1)
     tiny = np.finfo(np.float64).tiny
     inv = (np.mean(np.log(bmag + tiny)) - np.mean(np.log(mag + tiny))) / math.log(block_size)
-    return float(1.0 / inv)
+    return float(1.0 / max(inv, 0.5) if clamp else 1.0 / inv)
 
 
 def hill_tail_index(norms: jax.typing.ArrayLike, k: int) -> float:
