@@ -48,15 +48,15 @@ import time
 from pathlib import Path
 
 import _model_trees
+import _step_report
 import _torch_step
 import jax
 import optax
 
 import optclip
-from optclip._plotting import available, pyplot, save
 
 LR = 1e-3
-AXPY = "x*a+b"
+AXPY = _step_report.AXPY
 SELECT = " [select]"  # a variant traced with OPTCLIP_GLOBAL_NORM=select
 TORCH_ADAM, TORCH_CLIP_ADAM = _torch_step.ADAM, _torch_step.CLIP_ADAM
 
@@ -338,74 +338,6 @@ def scaling(sizes, reps, inner=1):
     return out
 
 
-def print_tree(title, result):
-    print(
-        f"\n{title}: {result['leaves']} leaves, {result['params']:,} float32 parameters; "
-        f"device copy {result['copy_gb_per_s']:.0f} GB/s"
-    )
-    loops = {r.get("device_from") for r in result["rows"].values()} - {None}
-    print(
-        "device ms: per step inside one jitted loop; per call ms: separate jitted calls"
-        + ("" if loops == {"loop"} else " (no loop on this tree: device ms = per call ms)")
-    )
-    head = (
-        f"{'variant':<36}{'device ms':>10}{'ratio':>7}{'per call':>9}{'ratio':>7}  {'vs':<24}"
-        f"{'B/param':>8}"
-        f"{'state B/p':>10}{'temp B':>11}{'fusions':>8}{'GB/s':>7}{'of copy':>8}"
-    )
-    print(head)
-    print("-" * len(head))
-    for name, r in result["rows"].items():
-        ratio = f"{r['ratio']:.2f}" if "ratio" in r else ""
-        call_ratio = f"{r['call_ratio']:.2f}" if "call_ratio" in r else ""
-        call = f"{r['call_ms']:.3f}" if "call_ms" in r else ""
-        line = f"{name:<36}{r['device_ms']:>10.3f}{ratio:>7}{call:>9}{call_ratio:>7}  "
-        line += f"{r.get('vs', ''):<24}"
-        if "bytes_per_param" in r:
-            line += (
-                f"{r['bytes_per_param']:>8.1f}{r['state_bytes_per_param']:>10.1f}"
-                f"{r['temp_bytes']:>11d}{r['fusions']:>8d}{r['gb_per_s']:>7.0f}"
-                f"{r['of_copy']:>8.2f}"
-            )
-        print(line)
-    for key, value in result["ratios"].items():
-        print(f"  {key}: {value:.2f}")
-    for t in result["targets"]:
-        verdict = "met" if t["met"] else "MISSED"
-        print(f"  target {t['variant']} / {t['vs']} <= {t['bar']:.2f}: {t['ratio']:.2f} {verdict}")
-
-
-def plot(results, path):
-    if not available():
-        print("matplotlib not installed: no plot")
-        return None
-    tree_names = list(results["trees"])
-    fig, axes = pyplot().subplots(
-        1, len(tree_names), figsize=(4.2 * len(tree_names), 6.5), sharey=True, squeeze=False
-    )
-    for ax, name in zip(axes[0], tree_names, strict=True):
-        rows = results["trees"][name]["rows"]
-        base = rows["optax.adam"]["device_ms"]
-        names = list(rows)
-        # optclip blue, the references (optax, the copy yardstick) gray, PyTorch orange.
-        colors = [
-            "tab:orange"
-            if k.startswith("torch")
-            else "tab:gray"
-            if k.startswith("optax") or k == AXPY
-            else "tab:blue"
-            for k in names
-        ]
-        ax.barh(names, [rows[k]["device_ms"] / base for k in names], color=colors)
-        ax.axvline(1.0, color="black", lw=0.8)
-        tree = results["trees"][name]
-        ax.set_title(f"{name}\n{tree['leaves']} leaf(s), {tree['params']:,} params", fontsize=9)
-        ax.set_xlabel("device time per step / optax.adam")
-    axes[0][0].invert_yaxis()
-    fig.suptitle(f"{results['machine']['device']}, scale {results['scale']}", fontsize=10)
-    return str(save(fig, path))
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes and few repetitions")
@@ -453,7 +385,9 @@ def main(argv=None):
             specs = {k: v for k, v in specs.items() if k in QUICK_MODEL_VARIANTS}
         result = measure_tree(specs, shapes, reps, args.inner, args.torch_device, args.loop)
         results["trees"][name] = result
-        print_tree(f"{name}, donated, median of {reps}, {args.inner} step(s) a sample", result)
+        _step_report.print_tree(
+            f"{name}, donated, median of {reps}, {args.inner} step(s) a sample", result
+        )
     results["scaling"] = scaling(sizes, reps, args.inner)
     if sizes:
         print("\nscaling (ns per parameter, one leaf; constant means linear cost)")
@@ -463,7 +397,7 @@ def main(argv=None):
             + "  ".join(f"{k}: {v['ns_per_param']:.2f}" for k, v in rows.items())
         )
     (out / "step_time.json").write_text(json.dumps(results, indent=2))
-    png = plot(results, out / "step_time.png")
+    png = _step_report.plot(results, out / "step_time.png")
     print(f"\nwrote {out / 'step_time.json'}" + (f" and {png}" if png else ""))
     return results
 

@@ -124,3 +124,22 @@ def subprocess_env(**overrides: str) -> dict[str, str]:
 def initial_params(seed: int = 1) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
+
+
+def _persistent_compilation_cache() -> None:
+    """Compiled programs shared between tests and pytest-xdist workers: many tests build the
+    same optimizer on the same tree, a program JAX's in-memory cache does not see as equal
+    (a new closure each time) but XLA's persistent cache does (same HLO)."""
+    import tempfile
+
+    import jax
+
+    folder = os.environ.get("OPTCLIP_TEST_COMPILATION_CACHE") or os.path.join(
+        tempfile.gettempdir(), f"optclip-test-xla-cache-{jax.__version__}"
+    )
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+_persistent_compilation_cache()

@@ -55,7 +55,7 @@ def test_quick_mode_writes_json_with_every_variant(tmp_path, capsys):
     for tree in data["trees"].values():
         assert {t["variant"] for t in tree["targets"]} <= set(step_time.variants())
         assert all(0 < r["of_copy"] for r in tree["rows"].values() if "of_copy" in r)
-    assert (tmp_path / "step_time.png").exists() == step_time.available()
+    assert (tmp_path / "step_time.png").exists() == _load("_step_report").available()
     assert "ratio" in capsys.readouterr().out
 
 
@@ -79,6 +79,7 @@ def test_model_trees_have_the_published_sizes():
     assert len(small) == 148 and trees.size(small) < trees.size(trees.gpt2_small()) / 10
 
 
+@pytest.mark.slow
 def test_acclip_scale_quick_mode(tmp_path):
     module = _load("acclip_scale")
     results = module.main(
@@ -92,6 +93,8 @@ def test_acclip_scale_quick_mode(tmp_path):
     assert (tmp_path / "acclip_scale.json").exists()
 
 
+# E1-E3 in quick mode take about a minute: the slow tier (`pytest -m slow`), which CI runs too.
+@pytest.mark.slow
 def test_reproduce_quick_mode(tmp_path):
     module = _load("reproduce")
     results = module.main(["--quick", "--experiments", "e1,e2,e3", "--out", str(tmp_path)])
@@ -147,6 +150,7 @@ def test_reproduce_quick_mode_transformer_noise_and_nonsmooth(tmp_path):
         assert (tmp_path / f"{name}.json").exists()
 
 
+@pytest.mark.slow
 def test_lm_study_quick_mode(tmp_path, capsys):
     """The language-model study end to end on a tiny model: corpus identity, every optimizer's
     runs, a table, noise tails, verdicts, JSON and a plot."""

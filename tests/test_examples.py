@@ -32,6 +32,7 @@ def test_ingd_relu_mlp_trains_every_optimizer(tmp_path, capsys):
         assert curves[name][0][-1][1] > 0.6
 
 
+@pytest.mark.slow  # two models trained and measured: half a minute
 def test_noise_diagnostics_reports_both_models(tmp_path, capsys):
     example = _load("noise_diagnostics")
     rows = example.main(["--quick", "--out", str(tmp_path)])

@@ -28,6 +28,9 @@ from tests.conftest import subprocess_env  # noqa: E402
 
 pytest.importorskip("orbax.checkpoint")
 
+# Real jobs of several processes take two minutes of the two cores: the slow tier, which CI runs.
+pytestmark = pytest.mark.slow
+
 TIMEOUT = 240.0  # seconds for one job; the longest takes about 35 s on 2 cores
 
 
