@@ -38,7 +38,7 @@ from optclip._types import Scalar
 # to zero; the rescaled sums get the norm right there.
 _SMALL_SQUARED_NORM = 1e-30
 
-# How `global_norm` runs its rescue sums (docs/numerics.md, "The global norm"). "cond": only when
+# How `global_norm` runs its rescue sums (docs/numerics.md, rule 3). "cond": only when
 # the plain sum of squares is unusable, through a lax.cond, on every backend (the default).
 # "select": always, one read with the plain sum and a select, no control flow. "auto": cond on
 # CPU, select on GPU/TPU, where a cond stops the host every step. Read when a program is traced.

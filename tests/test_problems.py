@@ -63,6 +63,8 @@ def test_lower_bound_family_matches_app_g(nu):
     moment = prob * abs(x - 1 / (2 * gamma)) ** alpha + (1 - prob) * abs(x) ** alpha
     assert moment <= 1.0
     np.testing.assert_allclose(_mean_grad(p, jnp.asarray(x)), x - float(p.x_star), atol=0.02)
+    # f_b(x) = (x - b)^2 / 2 with b = (2 - nu) eps.
+    assert float(p.f(jnp.asarray(x))) == pytest.approx(0.5 * (x - (2 - nu) * eps) ** 2, rel=1e-6)
 
 
 def test_coordinate_noise_scales():
@@ -72,10 +74,25 @@ def test_coordinate_noise_scales():
         problems.coordinate_noise_quadratic(dim=3, B=[1.0, -1.0, 1.0])
 
 
+def test_coordinate_noise_oracle_is_unbiased_with_scales_b():
+    B = np.array([0.1, 1.0, 3.0])
+    p = problems.coordinate_noise_quadratic(dim=3, B=B, df=3.0)
+    x = jnp.array([1.0, -2.0, 0.5])
+    a = np.asarray(p.x_star)
+    assert float(p.f(x)) == pytest.approx(0.5 * np.sum((np.asarray(x) - a) ** 2), rel=1e-6)
+    keys = jax.random.split(jax.random.key(3), 100_000)
+    noise = np.asarray(jax.vmap(lambda k: p.grad(x, k))(keys)) - (np.asarray(x) - a)
+    np.testing.assert_allclose(noise.mean(0), 0.0, atol=0.05)
+    # Student-t(3) has variance df / (df - 2) = 3: each coordinate's spread is B_i sqrt(3).
+    np.testing.assert_allclose(noise.std(0), B * np.sqrt(3.0), rtol=0.1)
+
+
 @pytest.mark.parametrize("M", [10.0, 1e4])
 def test_relaxed_smooth_polynomial_starts_at_gradient_norm_m(M):
     p = problems.relaxed_smooth_polynomial(M, dim=4)
     assert float(jnp.linalg.norm(p.grad(p.x0, None))) == pytest.approx(M, rel=1e-4)
+    x0 = np.asarray(p.x0, np.float64)
+    assert float(p.f(p.x0)) == pytest.approx(np.sum(x0**4) / 4, rel=1e-5)
     # (L0, L1)-smoothness with L0 = L1 = 3 along the path to 0 (per coordinate).
     xs = np.linspace(-5, 5, 1001)
     assert np.all(3 * xs**2 <= 3 + 3 * np.abs(xs) ** 3 + 1e-9)
