@@ -12,8 +12,8 @@ import importlib.metadata
 import re
 
 MINIMUM = {
-    "jax": "0.4.35",
-    "jaxlib": "0.4.35",
+    "jax": "0.6.0",
+    "jaxlib": "0.6.0",
     "optax": "0.2.5",
     "chex": "0.1.87",
     "numpy": "1.26",

@@ -39,7 +39,8 @@ def scale_by_sign() -> optax.GradientTransformation:
         _gradient_checks.check_dtypes(updates)
         return jax.tree.map(lambda u: safe_divide(u, jnp.abs(u)), updates), state
 
-    return optax.GradientTransformation(optax.init_empty_state, update_fn)
+    # optax.identity's init: optax.init_empty_state needs optax 0.2.6.
+    return optax.GradientTransformation(optax.identity().init, update_fn)
 
 
 class RunningRmsState(NamedTuple):

@@ -17,6 +17,7 @@ from optclip._numerics import (
     power_mean,
     safe_divide,
 )
+from optclip._requirements import release
 from tests.conftest import CASES, SHAPES, initial_params
 
 DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
@@ -281,16 +282,23 @@ def test_global_norm_lowering_per_platform(monkeypatch):
     """
     tree = {"a": jnp.ones(10), "b": jnp.ones((3, 4), jnp.bfloat16)}
 
+    from jax import export  # a submodule that older jax does not import with jax
+
     def lowered(platform):
         # A new function each time: jit would reuse a trace of global_norm made under another form.
         fn = jax.jit(lambda t: optclip.global_norm(t))
-        return jax.export.export(fn, platforms=[platform])(tree)
+        return export.export(fn, platforms=[platform])(tree)
 
     for p in ("cpu", "cuda", "tpu"):
         assert "optimization_barrier" in lowered(p).mlir_module()
     monkeypatch.setenv(NORM_FORM_VARIABLE, "auto")
     text = {p: lowered(p).mlir_module() for p in ("cpu", "cuda", "tpu")}
     assert "optimization_barrier" in text["cpu"]
+    if release(jax.__version__) < (0, 12):
+        # jax 0.6.0 keeps every platform's branch in a one-platform export (0.12 drops the
+        # others); the accelerator's branch is there, one three-sum reduction per leaf.
+        assert all(text[p].count("stablehlo.reduce(") >= 2 for p in ("cuda", "tpu"))
+        return
     for p in ("cuda", "tpu"):
         assert "optimization_barrier" not in text[p]
         # One reduction per leaf, of three sums (plain, scaled down, scaled up): one read.

@@ -169,10 +169,19 @@ def test_updates_keep_the_gradients_dtype(opt, dtype):
 DTYPES = ["float16", "bfloat16", "float32", "float64", "complex64", "complex128"]
 
 
+def _enable_x64(on: bool):
+    """jax.enable_x64, or jax.experimental.enable_x64 on jax versions before it."""
+    if hasattr(jax, "enable_x64"):
+        return jax.enable_x64(on)
+    from jax.experimental import enable_x64
+
+    return enable_x64(on)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("opt", OPTIMIZERS, ids=str)
 def test_state_dtypes_survive_an_update(opt, dtype):
-    with jax.enable_x64(dtype in ("float64", "complex128")):
+    with _enable_x64(dtype in ("float64", "complex128")):
         tx = opt.make()
         params, _, objective = parabola(jnp.dtype(dtype))
 
