@@ -31,6 +31,7 @@ class Size:
 
 SIZES = {
     "quick": Size(d_model=32, layers=1, heads=2, context=32, batch=8),
+    "small": Size(d_model=64, layers=2, heads=4, context=64, batch=16),
     "cpu": Size(d_model=128, layers=4, heads=4, context=128, batch=16),
     "gpu": Size(d_model=512, layers=8, heads=8, context=256, batch=64),
 }

@@ -15,7 +15,8 @@ ACClip's clip fraction during training, and a verdict per claim: holds, does not
 inconclusive when the gap is within the seed spread.
 
     python benchmarks/lm_study.py --quick                      # CPU smoke run, under a minute
-    python benchmarks/lm_study.py --size cpu --budget-seconds 1200   # ~1M params on 2 cores
+    python benchmarks/lm_study.py --size small --budget-seconds 600  # ~0.12M params on 2 cores
+    python benchmarks/lm_study.py --size cpu --budget-seconds 7200   # ~0.8M params on 2 cores
     python benchmarks/lm_study.py --size gpu --budget-seconds 480    # ~25M params on one GPU
 
 Writes ``--out``/lm_study.json and lm_study.png (if matplotlib is installed).
@@ -47,17 +48,17 @@ from optclip._plotting import available, pyplot, save
 # linear in the learning rate, so the peak is a traced factor and one program serves the grid.
 
 OPTIMIZERS = {
-    "adam": (lambda s: optax.adam(s), (1e-3, 3e-3, 1e-2)),
-    "acclip": (lambda s: optclip.acclip(s), (0.01, 0.03, 0.1)),
-    "acclip(rms_scale)": (lambda s: optclip.acclip(s, rms_scale=True), (1e-3, 3e-3, 1e-2)),
-    "generalized_signsgd": (lambda s: optclip.generalized_signsgd(s), (3e-4, 1e-3, 3e-3)),
-    "signum": (lambda s: optclip.generalized_signsgd(s, b2=0.0), (1e-4, 3e-4, 1e-3)),
-    "gclip": (lambda s: optclip.gclip(s, threshold=1.0, b1=0.9), (0.03, 0.1, 0.3)),
+    "adam": (lambda s: optax.adam(s), (1e-3, 3e-3, 1e-2, 3e-2)),
+    "acclip": (lambda s: optclip.acclip(s), (0.03, 0.1, 0.3, 1.0)),
+    "acclip(rms_scale)": (lambda s: optclip.acclip(s, rms_scale=True), (1e-3, 3e-3, 1e-2, 3e-2)),
+    "generalized_signsgd": (lambda s: optclip.generalized_signsgd(s), (3e-4, 1e-3, 3e-3, 1e-2)),
+    "signum": (lambda s: optclip.generalized_signsgd(s, b2=0.0), (3e-4, 1e-3, 3e-3, 1e-2)),
+    "gclip": (lambda s: optclip.gclip(s, threshold=1.0, b1=0.9), (0.1, 0.3, 1.0, 3.0)),
     "clip+adam": (
         lambda s: optax.chain(optclip.clip_by_global_norm(1.0), optax.adam(s)),
-        (1e-3, 3e-3, 1e-2),
+        (1e-3, 3e-3, 1e-2, 3e-2),
     ),
-    "sgd_momentum": (lambda s: optax.sgd(s, momentum=0.9), (0.03, 0.1, 0.3)),
+    "sgd_momentum": (lambda s: optax.sgd(s, momentum=0.9), (0.03, 0.1, 0.3, 1.0)),
 }
 REFERENCE = "adam"
 
@@ -351,7 +352,8 @@ def main(argv=None):
     if steps is None:
         steps, per_step = plan_steps(study, names, seeds, chunk_guess, args.budget_seconds, 10)
         print(
-            f"throughput: {per_step * 1e3:.1f} ms per step of {len(seeds) * 3} vmapped runs; "
+            f"throughput: {per_step * 1e3:.1f} ms per step of "
+            f"{len(seeds) * len(OPTIMIZERS[names[0]][1])} vmapped runs; "
             f"{steps} steps per run fit {args.budget_seconds:.0f} s"
         )
     chunk = max(1, steps // args.evals)
