@@ -260,6 +260,17 @@ def print_report(result: dict) -> None:
         print(f"  {v['claim']}: {v['verdict']} ({detail})")
 
 
+def _json_safe(x):
+    """Strict JSON: a diverged run's inf/NaN losses become null."""
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, float | np.floating):
+        return float(x) if math.isfinite(x) else None
+    return x
+
+
 def plot(result: dict, path: Path):
     if not available():
         return None
@@ -401,7 +412,7 @@ def main(argv=None):
     print_report(result)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "lm_study.json").write_text(json.dumps(result, indent=1, default=float))
+    (out / "lm_study.json").write_text(json.dumps(_json_safe(result), indent=1))
     png = plot(result, out / "lm_study.png")
     print(
         f"\n{result['total_seconds']:.0f} s; wrote {out / 'lm_study.json'}"
