@@ -106,3 +106,19 @@ def test_bad_flags_are_usage_errors(argv, capsys):
         demo.main(argv)
     assert info.value.code == 2
     assert "usage:" in capsys.readouterr().err
+
+
+def test_stdlib_text_is_the_top_level_sources_in_sorted_order():
+    """The corpus of docs/results.md' measurements: this interpreter's top-level stdlib files."""
+    import sysconfig
+    from pathlib import Path
+
+    from optclip.demo import charlm
+
+    text = charlm.stdlib_text(50_000)
+    assert len(text) == 50_000
+    first = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[0]
+    expected = first.read_text(encoding="utf-8", errors="replace")
+    assert text.startswith(expected[:50_000])
+    codes = charlm.encode(text)
+    assert codes.shape == (50_000,) and codes.max() < charlm.VOCAB

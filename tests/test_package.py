@@ -142,3 +142,10 @@ def test_a_stack_below_the_floor_is_named_at_import():
     assert _requirements.release("1.26") < _requirements.release("1.26.4")
     with pytest.raises(ValueError, match="not a version"):
         _requirements.release("dev")
+
+
+def test_a_package_without_metadata_is_not_checked():
+    from optclip import _requirements
+
+    assert _requirements._installed("optclip-no-such-distribution") is None
+    assert _requirements._installed("numpy") == importlib.metadata.version("numpy")
