@@ -102,16 +102,22 @@ def make_runner(study: _byte_lm.Study, tx: optax.GradientTransformation, chunk: 
     return jax.jit(jax.vmap(tx.init)), advance
 
 
-def train_optimizer(study, name, steps, seeds, chunk, progress=None):
-    """Every (peak lr, seed) of one optimizer; returns its runs and the time spent."""
+def setup_runs(study, name, steps, seeds, chunk):
+    """Every (peak lr, seed) of one optimizer, stacked: ``(runs, params, state, lrs, starts,
+    advance)`` for :func:`make_runner`'s ``advance``."""
     factory, grid = OPTIMIZERS[name]
-    tx = factory(schedule(steps))
     runs = [(lr, seed) for lr in grid for seed in seeds]
     params = jax.tree.map(lambda *x: jnp.stack(x), *[study.init(seed) for _, seed in runs])
     lrs = jnp.asarray([lr for lr, _ in runs], jnp.float32)
     starts = jnp.stack([study.batch_starts(seed, steps) for _, seed in runs])
-    init, advance = make_runner(study, tx, chunk)
-    state = init(params)
+    init, advance = make_runner(study, factory(schedule(steps)), chunk)
+    return runs, params, init(params), lrs, starts, advance
+
+
+def train_optimizer(study, name, steps, seeds, chunk, progress=None):
+    """Every (peak lr, seed) of one optimizer; returns its runs and the time spent."""
+    grid = OPTIMIZERS[name][1]
+    runs, params, state, lrs, starts, advance = setup_runs(study, name, steps, seeds, chunk)
     curves = {k: [] for k in ("step", "train", "val", "clip_fraction")}
     snapshots = {}
     start = time.perf_counter()
@@ -302,15 +308,11 @@ def plot(result: dict, path: Path):
 def plan_steps(study, names, seeds, chunk, budget: float, probe_steps: int) -> tuple[int, float]:
     """Steps per run so that every optimizer's runs fit ``budget`` seconds: one timed chunk of
     ``probe_steps`` (after compiling) gives seconds per step of the vmapped runs."""
-    factory, grid = OPTIMIZERS[names[0]]
-    tx = factory(schedule(probe_steps))
-    runs = len(grid) * len(seeds)
-    params = jax.tree.map(lambda *x: jnp.stack(x), *[study.init(s) for s in range(runs)])
-    lrs = jnp.full((runs,), grid[0], jnp.float32)
-    starts = jnp.stack([study.batch_starts(s, probe_steps) for s in range(runs)])
-    init, advance = make_runner(study, tx, probe_steps)
+    _, params, state, lrs, starts, advance = setup_runs(
+        study, names[0], probe_steps, seeds, probe_steps
+    )
     t0 = time.perf_counter()
-    out = advance(params, init(params), lrs, starts)
+    out = advance(params, state, lrs, starts)
     jax.block_until_ready(out)
     compile_s = time.perf_counter() - t0
     params, state = out[0], out[1]

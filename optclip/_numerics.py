@@ -155,8 +155,7 @@ def _times_power_of_two(x: jax.Array, k: int) -> jax.Array:
 
     The caller keeps ``x * 2^k`` in the normal range (``_rescued``'s operands do).
     """
-    exponent, _ = _exponent_and_bits(x)
-    bits = jax.lax.bitcast_convert_type(x, jnp.int32)
+    exponent, bits = _exponent_and_bits(x)  # x >= 0 (a square root): bits are x's own
     shifted = jax.lax.bitcast_convert_type(bits + (k << _MANTISSA_BITS), jnp.float32)
     fits = (exponent > 0) & (exponent < _EXPONENT_INF)
     return jnp.where(fits, shifted, x)
