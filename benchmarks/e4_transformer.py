@@ -46,7 +46,10 @@ def e4(quick, out=None, **over):
     charlm, task, steps, seeds = transformer_setup(quick, over)
     window = max(1, steps // 40)
     rows = []
+    chosen = over.get("optimizers") or E4_OPTIMIZERS
     for name, (make, grid, tracks) in E4_OPTIMIZERS.items():
+        if name not in chosen:
+            continue
         grid = grid[1:2] if quick else grid
         by_lr = {}
         for lr in grid:

@@ -51,8 +51,13 @@ def e7(quick, out=None, **over):
     if e4_json is not None and e4_json.exists() and not quick:
         lrs.update({r["name"]: r["lr"] for r in json.loads(e4_json.read_text())})
         source = str(e4_json)
-    configs = {f"{n} ({lrs[n]:g})": E4_OPTIMIZERS[n][0](lrs[n]) for n in E4_OPTIMIZERS}
-    configs.update({f"{n} ({lrs[b]:g})": make(lrs[b]) for n, (b, make) in E7_EXTRA.items()})
+    chosen = over.get("optimizers") or [*E4_OPTIMIZERS, *E7_EXTRA]
+    configs = {
+        f"{n} ({lrs[n]:g})": E4_OPTIMIZERS[n][0](lrs[n]) for n in E4_OPTIMIZERS if n in chosen
+    }
+    configs.update(
+        {f"{n} ({lrs[b]:g})": make(lrs[b]) for n, (b, make) in E7_EXTRA.items() if n in chosen}
+    )
 
     def spikes(k, grads):
         hit = (k % spike_every) == spike_at

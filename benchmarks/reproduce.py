@@ -23,7 +23,8 @@ E7  E4 with rare gradient spikes (x1e4 at steps 100 and 300): validation loss of
     optimizer, at its E4 learning rate, with and without them.
 
 Each experiment prints a table and writes <out>/<name>.json and <name>.png. --steps, --seeds,
---d-model and --layers override the transformer experiments' defaults.
+--d-model and --layers override the transformer experiments' defaults; --optimizers runs some
+of E4's and E7's optimizers only (their names as in the tables, without the learning rate).
 """
 
 from __future__ import annotations
@@ -56,12 +57,26 @@ def main(argv=None):
     group.add_argument("--seeds", type=int)
     group.add_argument("--d-model", type=int)
     group.add_argument("--layers", type=int)
+    group.add_argument("--optimizers", help="E4 and E7: a comma-separated subset (default: all)")
     args = ap.parse_args(argv)
-    over = dict(steps=args.steps, seeds=args.seeds, d_model=args.d_model, layers=args.layers)
     names = [n.strip() for n in args.experiments.split(",") if n.strip()]
     bad = [n for n in names if n not in EXPERIMENTS]
     if bad:
         ap.error(f"unknown experiment(s) {bad}; choose from {list(EXPERIMENTS)}")
+    optimizers = None
+    if args.optimizers is not None:
+        optimizers = [o.strip() for o in args.optimizers.split(",") if o.strip()]
+        known = [*E4_OPTIMIZERS, *E7_EXTRA]
+        bad = [o for o in optimizers if o not in known]
+        if bad or not optimizers:
+            ap.error(f"unknown optimizer(s) {bad}; choose from {', '.join(known)}")
+    over = dict(
+        steps=args.steps,
+        seeds=args.seeds,
+        d_model=args.d_model,
+        layers=args.layers,
+        optimizers=optimizers,
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {}

@@ -33,6 +33,10 @@ pytestmark = pytest.mark.slow
 
 TIMEOUT = 240.0  # seconds for one job; the longest takes about 35 s on 2 cores
 
+# The tests of the three jobs below share one pytest-xdist worker (`--dist loadgroup`, the slow
+# tier's command); spread over two, each worker would run the jobs again.
+_SHARED_JOBS = pytest.mark.xdist_group("multiprocess_jobs")
+
 
 def _bounded(command, timeout):
     """Runs ``command`` in a process group of its own; the whole group dies at ``timeout``."""
@@ -97,6 +101,7 @@ def _arrays(run, layout):
     return [k for k in run if f"/{layout}[" in k or k.endswith(f"/{layout}")]
 
 
+@_SHARED_JOBS
 def test_every_optimizer_agrees_across_processes_and_with_one_process(runs):
     two, one = runs["two"], runs["one"]
     # Each process holds half of each parameter: the data axis spans the processes.
@@ -111,6 +116,7 @@ def test_every_optimizer_agrees_across_processes_and_with_one_process(runs):
             _close(two[0], one, keys)
 
 
+@_SHARED_JOBS
 def test_zero_state_trains_like_replicated_state_and_halves_the_bytes(runs):
     for run in (*runs["two"], runs["one"]):
         for case in worker.ALL:
@@ -130,6 +136,7 @@ def test_zero_state_trains_like_replicated_state_and_halves_the_bytes(runs):
                 assert per_zero < total
 
 
+@_SHARED_JOBS
 def test_checkpoint_moves_between_process_counts_and_meshes(runs):
     for name in worker.CKPT_CASES:
         # 2 processes (2x4) wrote it; 1 process (4x2) finished the run.
