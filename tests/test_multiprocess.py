@@ -8,8 +8,10 @@ any machine. ``tests/distributed_worker.py`` is the program each process runs.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,10 +34,6 @@ pytest.importorskip("orbax.checkpoint")
 pytestmark = pytest.mark.slow
 
 TIMEOUT = 240.0  # seconds for one job; the longest takes about 35 s on 2 cores
-
-# The tests of the three jobs below share one pytest-xdist worker (`--dist loadgroup`, the slow
-# tier's command); spread over two, each worker would run the jobs again.
-_SHARED_JOBS = pytest.mark.xdist_group("multiprocess_jobs")
 
 
 def _bounded(command, timeout):
@@ -63,26 +61,38 @@ def _job(processes, devices, *args):
     return results
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def runs(tmp_path_factory):
     """Three jobs. 2 processes train on a 2x4 mesh and checkpoint; 1 process trains on
     2x4, checkpoints, and finishes the 2-process checkpoints on 4x2; 2 processes
-    finish the 1-process checkpoints on 4x2."""
-    tmp = tmp_path_factory.mktemp("multiprocess")
-    for name in ("two", "one", "back", "ckpt2", "ckpt1"):
-        (tmp / name).mkdir()
-    _job(2, 4, "--out", str(tmp / "two"), "--save-ckpt", str(tmp / "ckpt2"))
-    _job(
-        1,
-        8,
-        "--out",
-        str(tmp / "one"),
-        "--save-ckpt",
-        str(tmp / "ckpt1"),
-        "--resume",
-        str(tmp / "ckpt2"),
-    )
-    _job(2, 4, "--out", str(tmp / "back"), "--no-train", "--resume", str(tmp / "ckpt1"))
+    finish the 1-process checkpoints on 4x2.
+
+    Run once per pytest run: each pytest-xdist worker has a session of its own, so the first
+    worker to need the jobs runs them under a file lock in the run's shared temporary folder,
+    and the others wait for it and read the results (the jobs' processes keep both cores busy
+    meanwhile)."""
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+    tmp = root / "multiprocess"
+    with open(root / "multiprocess.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (tmp / "done").exists():
+            shutil.rmtree(tmp, ignore_errors=True)  # a failed attempt's leftovers
+            for name in ("two", "one", "back", "ckpt2", "ckpt1"):
+                (tmp / name).mkdir(parents=True)
+            _job(2, 4, "--out", str(tmp / "two"), "--save-ckpt", str(tmp / "ckpt2"))
+            _job(
+                1,
+                8,
+                "--out",
+                str(tmp / "one"),
+                "--save-ckpt",
+                str(tmp / "ckpt1"),
+                "--resume",
+                str(tmp / "ckpt2"),
+            )
+            _job(2, 4, "--out", str(tmp / "back"), "--no-train", "--resume", str(tmp / "ckpt1"))
+            (tmp / "done").touch()
     load = lambda d, p: dict(np.load(tmp / d / f"p{p}.npz"))
     return {
         "two": [load("two", 0), load("two", 1)],
@@ -101,7 +111,6 @@ def _arrays(run, layout):
     return [k for k in run if f"/{layout}[" in k or k.endswith(f"/{layout}")]
 
 
-@_SHARED_JOBS
 def test_every_optimizer_agrees_across_processes_and_with_one_process(runs):
     two, one = runs["two"], runs["one"]
     # Each process holds half of each parameter: the data axis spans the processes.
@@ -116,7 +125,6 @@ def test_every_optimizer_agrees_across_processes_and_with_one_process(runs):
             _close(two[0], one, keys)
 
 
-@_SHARED_JOBS
 def test_zero_state_trains_like_replicated_state_and_halves_the_bytes(runs):
     for run in (*runs["two"], runs["one"]):
         for case in worker.ALL:
@@ -136,7 +144,6 @@ def test_zero_state_trains_like_replicated_state_and_halves_the_bytes(runs):
                 assert per_zero < total
 
 
-@_SHARED_JOBS
 def test_checkpoint_moves_between_process_counts_and_meshes(runs):
     for name in worker.CKPT_CASES:
         # 2 processes (2x4) wrote it; 1 process (4x2) finished the run.
