@@ -42,4 +42,4 @@ def main(path: str, leave_out: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], [n for n in sys.argv[2:3] for n in n.split(",") if n]))
+    sys.exit(main(sys.argv[1], sys.argv[2].split(",") if len(sys.argv) > 2 else []))

@@ -51,6 +51,12 @@ def transformer_setup(quick, over):
     return charlm, task, steps, seeds
 
 
+def chosen(names, over):
+    """The names among ``names`` that ``--optimizers`` chose (``over["optimizers"]``), or all."""
+    picked = over.get("optimizers")
+    return [n for n in names if not picked or n in picked]
+
+
 def window_curve(values, window):
     """Means over consecutive windows (the last partial one dropped)."""
     v = np.asarray(values, dtype=np.float64)

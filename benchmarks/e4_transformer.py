@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import optax
-from _common import transformer_setup, window_curve
+from _common import chosen, transformer_setup, window_curve
 
 import optclip
 
@@ -46,10 +46,8 @@ def e4(quick, out=None, **over):
     charlm, task, steps, seeds = transformer_setup(quick, over)
     window = max(1, steps // 40)
     rows = []
-    chosen = over.get("optimizers") or E4_OPTIMIZERS
-    for name, (make, grid, tracks) in E4_OPTIMIZERS.items():
-        if name not in chosen:
-            continue
+    for name in chosen(E4_OPTIMIZERS, over):
+        make, grid, tracks = E4_OPTIMIZERS[name]
         grid = grid[1:2] if quick else grid
         by_lr = {}
         for lr in grid:

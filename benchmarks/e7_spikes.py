@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from _common import transformer_setup
+from _common import chosen, transformer_setup
 from e4_transformer import E4_OPTIMIZERS, GCLIP_THRESHOLD, ema_sgd
 
 import optclip
@@ -51,13 +51,12 @@ def e7(quick, out=None, **over):
     if e4_json is not None and e4_json.exists() and not quick:
         lrs.update({r["name"]: r["lr"] for r in json.loads(e4_json.read_text())})
         source = str(e4_json)
-    chosen = over.get("optimizers") or [*E4_OPTIMIZERS, *E7_EXTRA]
     configs = {
-        f"{n} ({lrs[n]:g})": E4_OPTIMIZERS[n][0](lrs[n]) for n in E4_OPTIMIZERS if n in chosen
+        f"{n} ({lrs[n]:g})": E4_OPTIMIZERS[n][0](lrs[n]) for n in chosen(E4_OPTIMIZERS, over)
     }
-    configs.update(
-        {f"{n} ({lrs[b]:g})": make(lrs[b]) for n, (b, make) in E7_EXTRA.items() if n in chosen}
-    )
+    for n in chosen(E7_EXTRA, over):
+        base, make = E7_EXTRA[n]
+        configs[f"{n} ({lrs[base]:g})"] = make(lrs[base])
 
     def spikes(k, grads):
         hit = (k % spike_every) == spike_at

@@ -70,6 +70,8 @@ def main(argv=None):
         bad = [o for o in optimizers if o not in known]
         if bad or not optimizers:
             ap.error(f"unknown optimizer(s) {bad}; choose from {', '.join(known)}")
+        if "e4" in names and not set(optimizers) & set(E4_OPTIMIZERS):
+            ap.error(f"e4 runs none of {optimizers}; choose from {', '.join(E4_OPTIMIZERS)}")
     over = dict(
         steps=args.steps,
         seeds=args.seeds,

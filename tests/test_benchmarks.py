@@ -115,6 +115,10 @@ def test_reproduce_rejects_unknown_optimizers_before_training(tmp_path, capsys):
         module.main(["--experiments", "e7", "--optimizers", "adam,adamw", "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert "['adamw']" in err and "clip(1)+adam" in err
+    # E7's extra guards are no E4 optimizers: E4 alone with them would train nothing.
+    with pytest.raises(SystemExit):
+        module.main(["--experiments", "e4", "--optimizers", "clip(1)+adam", "--out", str(tmp_path)])
+    assert "e4 runs none of ['clip(1)+adam']" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # nothing ran
 
 
