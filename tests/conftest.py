@@ -139,8 +139,9 @@ def _persistent_compilation_cache() -> None:
 
     folder = os.environ.get("OPTCLIP_TEST_COMPILATION_CACHE")
     # On jax 0.6.0 the cache handed INGD's while loop another program's executable (its tests
-    # failed with it and passed without); it is used where it was checked, jax 0.12 on.
-    if folder == "off" or release(jax.__version__) < (0, 12):
+    # failed with it and passed without); it is used where the suite passed with it, cold and
+    # warm: jax 0.10 (what pip gives Python 3.11) and 0.12.
+    if folder == "off" or release(jax.__version__) < (0, 10):
         return
     folder = folder or os.path.join(
         tempfile.gettempdir(), f"optclip-test-xla-cache-{jax.__version__}"
