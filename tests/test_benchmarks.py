@@ -38,12 +38,14 @@ def test_quick_mode_writes_json_with_every_variant(tmp_path, capsys):
     scalars = 100 / results["n"]
     assert rows["acclip"]["bytes_per_param"] <= rows["optax.adam"]["bytes_per_param"] + scalars
     assert rows["acclip"]["temp_bytes"] <= 0.01 * 4 * results["n"]
-    assert rows["optclip.clip_gn+adam"]["temp_bytes"] <= 0.01 * 4 * results["n"]
     # The norm's default form keeps its rescue behind a conditional on every backend; the
     # select form has none.
     assert rows["optclip.clip_gn+adam"]["conditionals"] == 1
     assert rows[f"optclip.clip_gn+adam{step_time.SELECT}"]["conditionals"] == 0
     if jax.default_backend() == "cpu":
+        # XLA:CPU runs the norm's conditional in place; a GPU copies its operands (two copies of
+        # the 1e5 leaf, 804,376 bytes, on an H200 with jax 0.11.2).
+        assert rows["optclip.clip_gn+adam"]["temp_bytes"] <= 0.01 * 4 * results["n"]
         assert rows["optax.clip_gn+adam"]["temp_bytes"] >= 4 * results["n"]  # the divided copy
         # Packing the small leaves runs fewer kernels than one set per leaf (XLA:CPU fuses
         # per leaf; a GPU compiled per-leaf acclip into one fusion).

@@ -280,6 +280,8 @@ def test_global_norm_lowering_per_platform(monkeypatch):
     The GPU runtime copies a conditional's predicate to the host and waits for the device
     every step, which ``auto`` avoids (docs/performance.md).
     """
+    # The default is what an unset variable gives, whatever the environment running the tests.
+    monkeypatch.delenv(NORM_FORM_VARIABLE, raising=False)
     tree = {"a": jnp.ones(10), "b": jnp.ones((3, 4), jnp.bfloat16)}
 
     from jax import export  # a submodule that older jax does not import with jax
