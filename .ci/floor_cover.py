@@ -72,7 +72,7 @@ def measure() -> int:
         "-o",
         "addopts=-m 'not slow'",
         "--durations=0",
-        "-vv",  # every duration, however short
+        "-vv",  # with -q, a line per test in the log; durations under 5 ms stay hidden (0 s)
         "--cov-context=test",
         "--cov-report=",
         *(f"--cov={p}" for p in PACKAGES),
