@@ -108,6 +108,20 @@ def test_clipping_beats_sgd_in_expectation():
     assert by["gclip"]["mean"] < by["sgd"]["mean"]
 
 
+@pytest.mark.parametrize("name", ["sgd_momentum", "acclip", "generalized_signsgd"])
+def test_a_learning_rate_grid_is_one_program_per_rate_as_a_constant(name):
+    # The grid vmaps the rate as an argument; each row must be what a program with that rate as
+    # a Python constant gives, to float32 rounding of the rate.
+    make, grid = demo.OPTIMIZERS[name]
+    problems = demo.stack([demo.make_problem(s, 8, 60, 4, 1.5) for s in range(2)])
+    together = demo.final_errors(make, grid[:3], problems)
+    assert together.shape == (3, 2)
+    for lr, row in zip(grid[:3], together, strict=True):
+        (alone,) = demo.final_errors(lambda _, lr=lr: make(lr), [0.0], problems)
+        np.testing.assert_allclose(row, alone, rtol=1e-5, err_msg=f"{name} lr={lr}")
+    assert np.all(np.isfinite(together))
+
+
 @pytest.mark.parametrize(
     "argv", [["--optimizers", "nope"], ["--steps", "0"], ["--seeds", "0"], ["--bogus"]]
 )

@@ -115,8 +115,7 @@ def run(names, steps, dim, batch, tune_seeds, eval_seeds, df=1.5, progress=True)
     for name in bar:
         bar.set_postfix_str(name)
         make, grid = OPTIMIZERS[name]
-        scores = dict(zip(grid, np.mean(final_errors(make, grid, tune), axis=1), strict=True))
-        best = min(scores, key=lambda lr: scores[lr])
+        best = grid[int(np.argmin(np.mean(final_errors(make, grid, tune), axis=1)))]
         (errs,) = final_errors(make, [best], held)
         rows.append(
             dict(
