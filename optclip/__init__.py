@@ -17,6 +17,7 @@ from optclip._acclip_threshold import (
     alpha_moment_update,
     estimate_alpha_moment_threshold,
 )
+from optclip._adagc import AdaGCState, adagc
 from optclip._alias import (
     acclip,
     cclip,
@@ -47,6 +48,16 @@ from optclip._sign import (
     scale_by_generalized_sign,
     scale_by_sign,
 )
+from optclip._skip_step import SkipStepState, skip_step
+from optclip._spam import ScaleBySpamState, scale_by_spam, spam
+from optclip._spam_pieces import (
+    ClipBySecondMomentState,
+    ResetPeriodicallyState,
+    ScaleByResetWarmupState,
+    clip_by_second_moment,
+    reset_periodically,
+    scale_by_reset_warmup,
+)
 from optclip._statistics import clip_fraction
 from optclip._stochastic_ingd import (
     StochasticIngdState,
@@ -56,6 +67,7 @@ from optclip._stochastic_ingd import (
     stochastic_ingd,
 )
 from optclip._version import __version__ as __version__
+from optclip._zclip import ZClipState, zclip
 
 __all__ = [
     # Submodule: measurement tools (noise tails, smoothness, sharpness, statistics).
@@ -73,7 +85,12 @@ __all__ = [
     "generalized_signsgd",
     "normalized_gd",
     "normalized_momentum_sgd",
+    "spam",
     "stochastic_ingd",
+    # Spike-robust clipping, to chain in front of any optimizer, and a skip-step wrapper.
+    "adagc",
+    "skip_step",
+    "zclip",
     # Nonsmooth: deterministic INGD and Stochastic INGD helpers.
     "ingd",
     "ingd_iterate",
@@ -92,7 +109,12 @@ __all__ = [
     "scale_by_clip_momentum",
     "scale_by_generalized_sign",
     "scale_by_sign",
+    "scale_by_spam",
     "scale_by_stochastic_ingd",
+    # SPAM's pieces.
+    "clip_by_second_moment",
+    "reset_periodically",
+    "scale_by_reset_warmup",
     # Statistics.
     "clip_fraction",
     # Functions the pieces are made of.
@@ -109,13 +131,20 @@ __all__ = [
     "ClippingEquivalent",
     "adam_as_clipping",
     # States.
+    "AdaGCState",
     "AlphaMomentThresholdState",
+    "ClipBySecondMomentState",
     "ClipByGlobalNormState",
     "ClipCoordinatewiseState",
     "EmaMomentumState",
     "NormalizeByGlobalNormState",
+    "ResetPeriodicallyState",
     "RunningRmsState",
     "ScaleByACClipState",
     "ScaleByClipMomentumState",
+    "ScaleByResetWarmupState",
+    "ScaleBySpamState",
+    "SkipStepState",
     "StochasticIngdState",
+    "ZClipState",
 ]

@@ -9,7 +9,13 @@ import jax.numpy as jnp
 import optax
 
 from optclip import _checks, _gradient_checks
-from optclip._acclip_threshold import alpha_moment_update, first_step_decay, init_threshold
+from optclip._acclip_threshold import (
+    alpha_moment_update,
+    check_robust,
+    first_step_decay,
+    init_threshold,
+    robust_clip,
+)
 from optclip._coordinate_clip import coordinate_clip
 from optclip._momentum import ema_update
 from optclip._numerics import fraction_true, momentum_zeros
@@ -63,6 +69,8 @@ def scale_by_acclip(
     mu_dtype: jax.typing.DTypeLike | None = None,
     *,
     rms_scale: bool = False,
+    robust: bool = False,
+    spike_factor: Scalar = 4.0,
 ) -> optax.GradientTransformation:
     r"""The ACClip direction: momentum clipped at an adaptive per-coordinate threshold.
 
@@ -76,6 +84,26 @@ def scale_by_acclip(
     ``sqrt(v_k) + eps``, ``v_k = beta_2 v_{k-1} + (1 - beta_2) g_k^2`` (the
     RMS-scaled form, which lives at Adam's learning rates; no bias correction,
     like the rest of ACClip).
+
+    With ``robust=True`` (optclip's own form, ``docs/spikes.md``) a spike can
+    raise neither its own threshold nor the momentum: each coordinate of
+    ``g_k`` is first clipped at ``c`` times the previous threshold's estimate
+    of its scale,
+
+    .. math::
+
+        \tilde g_k = \min\left(1, \frac{c\, \hat\tau_{k-1}}{|g_k|}\right) g_k, \qquad
+        \hat\tau_{k-1} = \frac{\tau_{k-1}}{(1 - \beta_2^{k-1})^{1/\alpha}}
+        \text{ if } \tau_0 = 0, \text{ else } \tau_{k-1}
+
+    (``c = spike_factor``; the first step of a zero or seeded start has no
+    estimate and is not clipped), and ``tilde g_k`` replaces ``g_k`` in the
+    momentum, the threshold and the RMS. The momentum clip at ``tau_k`` stays,
+    so with ``spike_factor = inf`` this is ACClip. The debiasing makes the
+    estimate the average of the magnitudes seen so far, so the default zero
+    start clips no less than a seeded one; a factor ``c > 1`` leaves the
+    threshold's fixed point near the true moment (``c = 1`` would shrink it to
+    zero, since clipped values sit below their bound).
 
     Why this is one transform and not an ``optax.chain``: the threshold and
     (with ``rms_scale``) the second moment observe the *raw* gradient, while
@@ -95,6 +123,9 @@ def scale_by_acclip(
         ``tau_1 = |g_1|``.
       mu_dtype: dtype of the stored momentum; float32 if ``None``.
       rms_scale: divide by the RMS of the raw gradient (keyword-only).
+      robust: keyword-only; clip ``g_k`` at the previous threshold first.
+      spike_factor: keyword-only, ``>= 1``: with ``robust``, how many times its
+        scale a coordinate may reach before it is clipped.
 
     Returns:
       An :class:`optax.GradientTransformation` with state :class:`ScaleByACClipState`.
@@ -115,6 +146,7 @@ def scale_by_acclip(
     _checks.check_range("alpha", alpha, 1.0, 2.0)
     _checks.check_nonnegative("eps", eps)
     _checks.check_flag("rms_scale", rms_scale)
+    check_robust(robust, spike_factor)
     if initial_threshold is not None:
         _checks.check_threshold_leaves("initial_threshold", initial_threshold)
     dtype = _checks.state_dtype("mu_dtype", mu_dtype)
@@ -133,6 +165,12 @@ def scale_by_acclip(
         del params
         _gradient_checks.check_like(updates, state.mu, "the momentum")
         d2 = first_step_decay(b2, state.count, seeded)
+        raw = updates
+        if robust:
+            clip = lambda g, t: robust_clip(
+                g, t, state.count, b2, alpha, initial_threshold, spike_factor
+            )
+            updates = jax.tree.map(clip, updates, state.tau)
         mu = jax.tree.map(lambda g, m: ema_update(g, m, b1), updates, state.mu)
         tau = jax.tree.map(lambda t, g: alpha_moment_update(t, g, d2, alpha), state.tau, updates)
         direction, _ = unzip(
@@ -142,7 +180,7 @@ def scale_by_acclip(
         if rms_scale:
             rms = jax.tree.map(lambda r, g: alpha_moment_update(r, g, b2, 2.0), state.rms, updates)
             direction = jax.tree.map(lambda u, r: u / (r + eps), direction, rms)
-        out = jax.tree.map(lambda u, g: u.astype(g.dtype), direction, updates)
+        out = jax.tree.map(lambda u, g: u.astype(g.dtype), direction, raw)
         return out, ScaleByACClipState(
             count=optax.safe_increment(state.count),
             mu=optax.tree.cast_like(mu, state.mu),

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optclip import _checks, _gradient_checks
+from optclip._coordinate_clip import coordinate_clip
 from optclip._numerics import power_mean
 from optclip._types import Scalar
 
@@ -50,6 +51,44 @@ def first_step_decay(decay: Scalar, count: jax.Array, seeded: bool) -> jax.typin
     return jnp.where(count == 0, 0.0, decay) if seeded else decay
 
 
+def robust_clip(
+    g: jax.Array,
+    tau: jax.Array,
+    count: jax.Array,
+    decay: Scalar,
+    alpha: Scalar,
+    initial_threshold: Scalar | None,
+    spike_factor: Scalar,
+) -> jax.Array:
+    """``g`` clipped coordinate-wise at ``spike_factor`` times the previous threshold's estimate.
+
+    The estimate of the scale ``E[|g|^alpha]^(1/alpha)`` from steps ``1..k-1``:
+    ``tau_{k-1}`` itself when the threshold was seeded or started above 0;
+    ``tau_{k-1} / (1 - decay^(k-1))^(1/alpha)``, the EMA debiased for its zero
+    start, when it started at 0. With no history yet (the first step of a
+    seeded or zero start) nothing is clipped.
+    """
+    n = count.astype(jnp.float32)
+    first = count == 0
+    if initial_threshold is None:
+        scale = tau
+        no_history = first
+    else:
+        zero_start = jnp.asarray(initial_threshold) == 0
+        debias = (1.0 - jnp.asarray(decay, jnp.float32) ** jnp.where(first, 1.0, n)) ** (
+            1.0 / jnp.asarray(alpha, jnp.float32)
+        )
+        scale = jnp.where(zero_start, tau / debias, tau)
+        no_history = first & zero_start
+    bound = jnp.where(no_history, jnp.inf, spike_factor * scale)
+    return coordinate_clip(g, bound)[0]
+
+
+def check_robust(robust: object, spike_factor: object) -> None:
+    _checks.check_flag("robust", robust)
+    _checks.check_range("spike_factor", spike_factor, 1.0, float("inf"), hi_open=True)
+
+
 def init_threshold(params: optax.Params, initial_threshold: Scalar | None) -> optax.Updates:
     """``tau_0`` shaped like the params, in float32 (0 when the threshold is seeded)."""
     fill = 0.0 if initial_threshold is None else initial_threshold
@@ -57,11 +96,23 @@ def init_threshold(params: optax.Params, initial_threshold: Scalar | None) -> op
 
 
 def estimate_alpha_moment_threshold(
-    decay: Scalar = 0.99, alpha: Scalar = 1.0, initial_threshold: Scalar | None = 0.0
+    decay: Scalar = 0.99,
+    alpha: Scalar = 1.0,
+    initial_threshold: Scalar | None = 0.0,
+    *,
+    robust: bool = False,
+    spike_factor: Scalar = 4.0,
 ) -> optax.GradientTransformation:
     r"""Tracks ACClip's per-coordinate threshold; passes updates through unchanged.
 
     .. math:: \tau_k^\alpha = \beta_2 \tau_{k-1}^\alpha + (1 - \beta_2) |g_k|^\alpha
+
+    With ``robust=True`` each coordinate is first clipped at ``spike_factor``
+    times the threshold's previous estimate of its scale (:func:`scale_by_acclip`
+    has the rule), the threshold is updated from the clipped gradient, and the
+    clipped gradient is what this transform passes on: a coordinate-wise spike
+    clip that a spike cannot raise, to put in front of any optimizer
+    (``optax.chain(estimate_alpha_moment_threshold(robust=True), optax.adam(lr))``).
 
     ``tau_k`` estimates the coordinate-wise alpha-moment ``E[|g|^alpha]^(1/alpha)``
     (``B`` in Assumption 2 of Zhang et al., 2020). Put it first in a chain to
@@ -76,6 +127,9 @@ def estimate_alpha_moment_threshold(
       alpha: moment order in ``[1, 2]`` (the paper uses 1; 2 gives an RMS).
       initial_threshold: ``tau_0 >= 0`` (default 0); ``None`` seeds it with the first
         gradient's magnitude, ``tau_1 = |g_1|`` (see ``docs/design.md``).
+      robust: keyword-only; clip at the previous threshold first (``docs/spikes.md``).
+      spike_factor: keyword-only, ``>= 1``; with ``robust``, how many times the
+        scale a coordinate may reach before it is clipped.
 
     Returns:
       An :class:`optax.GradientTransformation` with state
@@ -95,6 +149,7 @@ def estimate_alpha_moment_threshold(
     _checks.check_range("alpha", alpha, 1.0, 2.0)
     if initial_threshold is not None:
         _checks.check_threshold_leaves("initial_threshold", initial_threshold)
+    check_robust(robust, spike_factor)
 
     def init_fn(params):
         return AlphaMomentThresholdState(
@@ -105,6 +160,11 @@ def estimate_alpha_moment_threshold(
         del params
         _gradient_checks.check_like(updates, state.tau, "the threshold")
         d = first_step_decay(decay, state.count, initial_threshold is None)
+        if robust:
+            clip = lambda g, t: robust_clip(
+                g, t, state.count, decay, alpha, initial_threshold, spike_factor
+            )
+            updates = jax.tree.map(clip, updates, state.tau)
         tau = jax.tree.map(lambda t, g: alpha_moment_update(t, g, d, alpha), state.tau, updates)
         return updates, AlphaMomentThresholdState(
             optax.safe_increment(state.count), optax.tree.cast_like(tau, state.tau)

@@ -60,6 +60,8 @@ def acclip(
     mu_dtype: jax.typing.DTypeLike | None = None,
     *,
     rms_scale: bool = False,
+    robust: bool = False,
+    spike_factor: Scalar = 4.0,
 ) -> optax.GradientTransformation:
     r"""ACClip: SGD with momentum clipped at adaptive per-coordinate thresholds.
 
@@ -99,6 +101,11 @@ def acclip(
       mask: which params get weight decay (as :func:`optax.add_decayed_weights`).
       mu_dtype: dtype of the stored momentum; float32 if ``None``.
       rms_scale: keyword-only; the Adam-scale RMS-scaled form.
+      robust: keyword-only; clip each coordinate of the gradient at
+        ``spike_factor`` times the previous threshold before anything else
+        sees it, so a spike cannot raise its own threshold (:func:`scale_by_acclip`,
+        ``docs/spikes.md``).
+      spike_factor: keyword-only, ``>= 1`` (default 4).
 
     Returns:
       An :class:`optax.GradientTransformation`.
@@ -117,7 +124,17 @@ def acclip(
       [0.9800000190734863, 0.9800000190734863, 0.9800000190734863]
     """
     return _finish(
-        scale_by_acclip(b1, b2, alpha, eps, initial_threshold, mu_dtype, rms_scale=rms_scale),
+        scale_by_acclip(
+            b1,
+            b2,
+            alpha,
+            eps,
+            initial_threshold,
+            mu_dtype,
+            rms_scale=rms_scale,
+            robust=robust,
+            spike_factor=spike_factor,
+        ),
         learning_rate,
         weight_decay,
         mask,

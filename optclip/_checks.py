@@ -190,3 +190,34 @@ def state_dtype(name: str, dtype: jax.typing.DTypeLike | None) -> np.dtype:
             f"got {dtype!r}."
         )
     return resolved
+
+
+def check_count(name: str, value: object, lo: int = 0) -> None:
+    """Raises unless ``value`` is a whole number of steps ``>= lo``.
+
+    Valid: a Python or NumPy integer (not ``bool``) or a 0-d integer array,
+    traced or not (:func:`optax.inject_hyperparams` passes ints as arrays).
+
+    Raises:
+      TypeError: ``value`` is not an integer; names ``name``.
+      ValueError: a concrete ``value`` is below ``lo``; names ``name``, the range and the value.
+    """
+    is_int = isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
+    is_int_array = (
+        isinstance(value, np.ndarray | jax.Array)
+        and np.ndim(value) == 0
+        and np.issubdtype(value.dtype, np.integer)
+    )
+    if not (is_int or is_int_array):
+        raise TypeError(f"`{name}` must be an integer (a number of steps), got {_shown(value)}.")
+    v = static_value(value)
+    if v is not None and v < lo:
+        raise ValueError(f"`{name}` must be in [{lo}, inf), got {_number(value)}.")
+
+
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    """Raises ``ValueError`` naming ``name`` and the choices unless ``value`` is one of them."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(
+            f"`{name}` must be one of {', '.join(repr(c) for c in choices)}, got {value!r}."
+        )

@@ -222,6 +222,49 @@ def global_norm(tree: chex.ArrayTree) -> jax.Array:
     return (_norm_cond if form == "cond" else _norm_select)(leaves)
 
 
+def _leaf_sums(leaves: list[jax.Array], scalings: tuple) -> list[jax.Array]:
+    """Per leaf, :func:`_sums_of_squares` of that leaf alone, stacked: one vector per scaling."""
+    sums = [_sums_of_squares([x], scalings) for x in leaves]
+    return [jnp.stack([s[i] for s in sums]) for i in range(len(scalings))]
+
+
+def _leaf_norms_select(leaves: list[jax.Array]) -> jax.Array:
+    sq, down, up = _leaf_sums(leaves, (None, _scaled_down, _scaled_up))
+    return jnp.where(_usable(sq), jnp.sqrt(sq), _rescued(sq, down, up))
+
+
+def _leaf_norms_cond(leaves: list[jax.Array]) -> jax.Array:
+    (sq,) = _leaf_sums(leaves, (None,))
+    # A zero leaf's plain sum is exact; any other unusable sum sends every leaf to the rescue.
+    zero = jnp.stack([jnp.all(x == 0) for x in leaves])
+
+    def rescue(leaves):
+        leaves = jax.lax.optimization_barrier(leaves)
+        return _leaf_norms_select(leaves)
+
+    return jax.lax.cond(jnp.all(_usable(sq) | zero), lambda leaves: jnp.sqrt(sq), rescue, leaves)
+
+
+def leaf_norms(tree: chex.ArrayTree) -> chex.ArrayTree:
+    """The Euclidean norm of each leaf of ``tree``: float32 scalars in the tree's structure.
+
+    Each is what :func:`global_norm` gives for that leaf alone (same guarantees, same
+    ``OPTCLIP_GLOBAL_NORM`` forms), with one decision for the whole tree: the rescaled sums
+    run for every leaf when any nonzero leaf's plain sum is unusable, so a tree costs one
+    ``lax.cond``, not one per leaf.
+    """
+    flat, treedef = jax.tree.flatten(tree)
+    leaves = _leaves(flat)
+    if not leaves:
+        return tree
+    form = norm_form()
+    if form == "auto":
+        norms = jax.lax.platform_dependent(leaves, cpu=_leaf_norms_cond, default=_leaf_norms_select)
+    else:
+        norms = (_leaf_norms_cond if form == "cond" else _leaf_norms_select)(leaves)
+    return treedef.unflatten(list(norms))
+
+
 def momentum_zeros(params: optax.Params, dtype: jax.typing.DTypeLike) -> optax.Updates:
     """Zeros shaped like ``params`` in ``dtype``, made complex for complex leaves (rule 5)."""
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import optax
 import pytest
 
 import optclip
@@ -35,6 +36,32 @@ class Case:
 
     def __str__(self):
         return self.name
+
+
+# The spike-robust clips in front of Adam, and skip-step around it, as factories with the
+# learning rate first, like the package's full optimizers (every numeric argument injectable).
+# optax's default eps (1e-8) is zero in float16, where Adam's step on a zero gradient is 0/0:
+# with 1e-6 the float16 checks test the clips, not optax.
+ADAM_EPS = 1e-6
+
+
+def _adam(learning_rate):
+    return optax.adam(learning_rate, eps=ADAM_EPS)
+
+
+def zclip_adam(learning_rate, alpha=0.97, z_thresh=2.5, warmup_steps=5, max_grad_norm=100.0):
+    clip = optclip.zclip(alpha, z_thresh, max_grad_norm, warmup_steps=warmup_steps)
+    return optax.chain(clip, _adam(learning_rate))
+
+
+def adagc_adam(learning_rate, lambda_abs=1.0, lambda_rel=1.05, beta=0.98, warmup_steps=5):
+    clip = optclip.adagc(lambda_abs, lambda_rel, beta, warmup_steps)
+    return optax.chain(clip, _adam(learning_rate))
+
+
+def skip_step_adam(learning_rate, sigma_factor=3.0):
+    # The window sizes the state, so it is fixed here rather than injected.
+    return optclip.skip_step(_adam(learning_rate), 8, sigma_factor, min_history=4)
 
 
 CASES = [
@@ -76,6 +103,34 @@ CASES = [
     ),
     Case("generalized_signsgd", optclip.generalized_signsgd, dict(learning_rate=0.01), "b2"),
     Case("signum", optclip.generalized_signsgd, dict(learning_rate=0.01, b2=0.0), "b1"),
+    Case("acclip_robust", optclip.acclip, dict(learning_rate=0.1, robust=True), "spike_factor"),
+    Case(
+        "acclip_robust_rms_seeded",
+        optclip.acclip,
+        dict(learning_rate=0.01, rms_scale=True, robust=True, initial_threshold=None),
+        "b2",
+    ),
+    Case(
+        "acclip_robust_tau1",
+        optclip.acclip,
+        dict(learning_rate=0.1, robust=True, initial_threshold=1.0, spike_factor=2.0),
+        "spike_factor",
+    ),
+    Case("zclip_adam", zclip_adam, dict(learning_rate=0.01), "z_thresh"),
+    Case("adagc_adam", adagc_adam, dict(learning_rate=0.01), "lambda_rel"),
+    Case(
+        "spam",
+        optclip.spam,
+        dict(learning_rate=0.01, interval=10, warmup_steps=4, spike_free_steps=2),
+        "threshold",
+    ),
+    Case(
+        "spam_wd",
+        optclip.spam,
+        dict(learning_rate=0.01, weight_decay=0.1, threshold=10.0, interval=10, warmup_steps=4),
+        "b1",
+    ),
+    Case("skip_step_adam", skip_step_adam, dict(learning_rate=0.01), "sigma_factor"),
 ]
 
 

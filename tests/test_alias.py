@@ -14,8 +14,8 @@ import optax
 import pytest
 
 import optclip
-from tests import _reference
-from tests.conftest import CASES, heavy_tailed_grads, initial_params
+from tests import _reference, _reference_spikes
+from tests.conftest import ADAM_EPS, CASES, heavy_tailed_grads, initial_params
 
 STEPS = 32
 
@@ -26,6 +26,58 @@ def _ref_kwargs(case):
     return kw
 
 
+def _adam(lr, b1=0.9, b2=0.999, eps=ADAM_EPS):
+    # Kingma & Ba 2015, Algorithm 1, as optax writes it (eps outside the root of v_hat).
+    def init(params):
+        return dict(m=_reference._zeros(params), v=_reference._zeros(params), t=0)
+
+    def step(g, s, params):
+        t = s["t"] + 1
+        m = {k: b1 * s["m"][k] + (1 - b1) * np.asarray(v, np.float64) for k, v in g.items()}
+        v = {k: b2 * s["v"][k] + (1 - b2) * np.asarray(x, np.float64) ** 2 for k, x in g.items()}
+        d = {k: -lr * (m[k] / (1 - b1**t)) / (np.sqrt(v[k] / (1 - b2**t)) + eps) for k in g}
+        return d, dict(m=m, v=v, t=t)
+
+    return init, step
+
+
+def _then_adam(clip):
+    """A reference gradient transform followed by the Adam reference."""
+
+    def make(lr, **kw):
+        (init_c, step_c), (init_a, step_a) = clip(**kw), _adam(lr)
+
+        def step(g, s, params):
+            g, sc = step_c(g, s[0], params)
+            d, sa = step_a(g, s[1], params)
+            return d, (sc, sa)
+
+        return (lambda p: (init_c(p), init_a(p))), step
+
+    return make
+
+
+def _skip_step_adam(lr, sigma_factor):
+    return _reference_spikes.skip_step_adam(
+        lr, window=8, sigma_factor=sigma_factor, min_history=4, eps=ADAM_EPS
+    )
+
+
+# The references of the spike-robust cases (tests/_reference_spikes.py), by case name.
+SPIKE_REFERENCES = {
+    "acclip_robust": _reference_spikes.robust_acclip,
+    "acclip_robust_rms_seeded": _reference_spikes.robust_acclip,
+    "acclip_robust_tau1": _reference_spikes.robust_acclip,
+    "zclip_adam": lambda lr: _then_adam(_reference_spikes.zclip)(
+        lr, warmup_steps=5, max_grad_norm=100.0
+    ),
+    "adagc_adam": lambda lr: _then_adam(_reference_spikes.adagc)(lr, warmup_steps=5),
+    "spam": _reference_spikes.spam,
+    "spam_wd": _reference_spikes.spam,
+    "skip_step_adam": lambda lr: _skip_step_adam(lr, 3.0),
+}
+
+
 def _grad(noise, params, t):
     # The zero step is zero in total, not only in noise.
     scale = 0.0 if t == 3 else 0.5
@@ -34,7 +86,11 @@ def _grad(noise, params, t):
 
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_matches_numpy_reference(case):
-    init_ref, step_ref = _reference.REFERENCES[case.factory.__name__](**_ref_kwargs(case))
+    reference = SPIKE_REFERENCES.get(case.name) or _reference.REFERENCES[case.factory.__name__]
+    kwargs = _ref_kwargs(case)
+    if "robust" in kwargs:
+        del kwargs["robust"]
+    init_ref, step_ref = reference(**kwargs)
     tx = case.make()
     noise = heavy_tailed_grads(STEPS)
     p_ref = {k: v.astype(np.float64) for k, v in initial_params().items()}

@@ -160,6 +160,10 @@ GRADIENTS = [
 ]
 
 
+# Global clips or a wrapper in front of optax.adam: only the dtype check is optclip's.
+OPTAX_STATE = {"zclip_adam", "adagc_adam", "skip_step_adam"}
+
+
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
 @pytest.mark.parametrize(
     "spoil,error,fragments", GRADIENTS, ids=["int", "bool", "shape", "missing", "extra"]
@@ -174,6 +178,8 @@ def test_gradients_that_do_not_fit_name_the_leaf(case, spoil, error, fragments, 
     )  # no parameter-shaped state: only the dtype can be checked
     if stateless and error is ValueError:
         pytest.skip(f"{case.name} keeps no parameter-shaped state to compare shapes with")
+    if case.name in OPTAX_STATE and error is ValueError:
+        pytest.skip(f"{case.name}: the parameter-shaped state is optax.adam's, which checks it")
     update = jax.jit(tx.update) if jit else tx.update
     with pytest.raises(error) as info:
         update(grads, state, PARAMS)

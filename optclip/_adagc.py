@@ -1,0 +1,147 @@
+"""AdaGC: each tensor clipped against an EMA of its own clipped norms."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optclip import _checks, _gradient_checks
+from optclip._numerics import clip_factor, global_norm, leaf_norms
+from optclip._types import Scalar
+
+
+class AdaGCState(NamedTuple):
+    """State of :func:`adagc`.
+
+    Attributes:
+      count: number of updates seen (the first ``warmup_steps`` are the warm-up).
+      gamma: the EMA ``gamma_i`` of each leaf's clipped norm, a float32 vector in
+        the tree's leaf order (``jax.tree.leaves``); ``+inf`` until warm-up sets it.
+        A vector, not a tree shaped like the params, so that tools which map the
+        state onto the params (``optclip.state_shardings``) replicate it.
+      norms: each leaf's norm at the last step, before clipping, in the same order.
+      clipped: fraction of leaves scaled down at the last step (float32).
+    """
+
+    count: jax.Array  # type: ignore[assignment]  # the field shadows tuple.count
+    gamma: optax.Updates
+    norms: optax.Updates
+    clipped: jax.Array
+
+
+def adagc(
+    lambda_abs: Scalar = 1.0,
+    lambda_rel: Scalar = 1.05,
+    beta: Scalar = 0.98,
+    warmup_steps: int = 100,
+) -> optax.GradientTransformation:
+    r"""AdaGC: per-tensor clipping at a multiple of an EMA of the tensor's own clipped norm.
+
+    A tensor is a leaf of the update tree. Warm-up, steps ``1..warmup_steps``:
+    a global clip at ``lambda_abs``, :math:`h = \min(1, \lambda_{abs} / \|g_k\|)`
+    for every leaf, and :math:`\gamma_i \leftarrow \min(\gamma_i, h\|g_{k,i}\|)`
+    from :math:`\gamma_i = +\infty`. After it:
+
+    .. math::
+
+        h_i &= \min\left(1, \frac{\lambda_{rel}\, \gamma_i}{\|g_{k,i}\|}\right), \qquad
+        \gamma_i \leftarrow \beta \gamma_i + (1 - \beta)\, h_i \|g_{k,i}\|, \qquad
+        \hat g_{k,i} = h_i g_{k,i}
+
+    Because ``gamma_i`` absorbs the *clipped* norm, a spike raises a tensor's
+    threshold by at most ``(1 - beta) (lambda_rel - 1)`` of itself per step.
+    A zero leaf is not clipped (the 0/0 rule) and enters ``gamma_i`` as 0.
+
+    Decisions (``docs/spikes.md``): warm-up covers the first ``warmup_steps``
+    iterations, as the paper writes (pytorch-optimizer's ``AdaGC`` warms up one
+    step fewer); no ``eps`` floors (the 0/0 rule covers zero norms); a leaf
+    with no finite step yet keeps ``gamma = +inf``, i.e. is not clipped after
+    warm-up until it has one. A non-finite leaf norm leaves that leaf's
+    ``gamma`` unchanged, and the NaN reaches the update (the numerics rule).
+    The paper's AdaGC also owns the Adam step; here it is a transform to chain
+    in front of any optimizer: ``optax.chain(optclip.adagc(), optax.adamw(lr))``.
+
+    Beside :func:`group_small_leaves`: put ``adagc`` *outside* it (first in the
+    chain, on the user's tree) so each tensor keeps its own threshold; inside
+    it, the packed small leaves share one norm and one ``gamma``.
+
+    Args:
+      lambda_abs: warm-up global threshold ``> 0`` (the paper: 1.0).
+      lambda_rel: relative threshold ``>= 1`` (the paper: 1.05).
+      beta: EMA decay of ``gamma`` in ``[0, 1)`` (the paper: 0.98).
+      warmup_steps: steps of global clipping, an integer ``>= 1`` (the paper: 100).
+
+    Returns:
+      An :class:`optax.GradientTransformation` with state :class:`AdaGCState`.
+
+    References:
+      Wang et al., 2026, "AdaGC: Improving Training Stability for Large Language
+      Model Pretraining", ICML, https://arxiv.org/abs/2502.11034.
+
+    Example:
+      >>> import jax.numpy as jnp, optclip
+      >>> tx = optclip.adagc(warmup_steps=1)
+      >>> state = tx.init({"a": jnp.zeros(2), "b": jnp.zeros(2)})
+      >>> _, state = tx.update({"a": jnp.array([0.6, 0.0]), "b": jnp.array([0.0, 0.8])}, state)
+      >>> u, state = tx.update({"a": jnp.array([60.0, 0.0]), "b": jnp.array([0.0, 0.8])}, state)
+      >>> round(float(u["a"][0]), 4), round(float(u["b"][1]), 4)  # a: 1.05 * 0.6
+      (0.63, 0.8)
+    """
+    _checks.check_positive("lambda_abs", lambda_abs)
+    _checks.check_range("lambda_rel", lambda_rel, 1.0, float("inf"), hi_open=True)
+    _checks.check_decay("beta", beta)
+    _checks.check_count("warmup_steps", warmup_steps, lo=1)
+
+    def init_fn(params):
+        n = len(jax.tree.leaves(params))
+        return AdaGCState(
+            count=jnp.zeros([], jnp.int32),
+            gamma=jnp.full([n], jnp.inf, jnp.float32),
+            norms=jnp.zeros([n], jnp.float32),
+            clipped=jnp.zeros([], jnp.float32),
+        )
+
+    def update_fn(updates, state, params=None):
+        del params
+        _gradient_checks.check_dtypes(updates)
+        flat_g, treedef = jax.tree.flatten(updates)
+        if len(flat_g) != state.gamma.shape[0]:
+            raise ValueError(
+                f"The gradients have {len(flat_g)} leaves, but the optimizer state holds "
+                f"thresholds for {state.gamma.shape[0]}: the state was built by `init` for "
+                "other params."
+            )
+        warming = state.count < warmup_steps
+        norms = jnp.stack(jax.tree.leaves(leaf_norms(flat_g))) if flat_g else state.norms
+        # The global norm from the leaves' norms: no second read of the update.
+        global_factor = clip_factor(global_norm(norms), lambda_abs)
+
+        def leaf(g, n, gamma):
+            rel = clip_factor(n, lambda_rel * gamma)
+            h = jnp.where(warming, global_factor, rel)
+            clipped = jnp.where(warming, global_factor < 1.0, n > lambda_rel * gamma)
+            new_gamma = jnp.where(
+                warming,
+                jnp.minimum(gamma, h * n),
+                beta * gamma + (1.0 - beta) * h * n,
+            )
+            new_gamma = jnp.where(jnp.isfinite(n), new_gamma, gamma)
+            # A clipped leaf is scaled; an unclipped one passes as it is. A NaN norm
+            # compares false, so the NaN in the leaf survives (the numerics rule).
+            out = jnp.where(clipped, g * h, g).astype(g.dtype)
+            return out, new_gamma.astype(jnp.float32), clipped
+
+        results = [leaf(g, norms[i], state.gamma[i]) for i, g in enumerate(flat_g)]
+        if not results:
+            return updates, state._replace(count=optax.safe_increment(state.count))
+        return treedef.unflatten([r[0] for r in results]), AdaGCState(
+            count=optax.safe_increment(state.count),
+            gamma=jnp.stack([r[1] for r in results]),
+            norms=norms,
+            clipped=jnp.mean(jnp.stack([r[2] for r in results]).astype(jnp.float32)),
+        )
+
+    return optax.GradientTransformation(init_fn, update_fn)

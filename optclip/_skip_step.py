@@ -1,0 +1,181 @@
+"""Skip-step: a zero update and the inner state kept on a step whose norm or loss is an outlier."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optclip import _checks, _gradient_checks
+from optclip._numerics import global_norm
+from optclip._types import Scalar
+
+
+class SkipStepState(NamedTuple):
+    """State of :func:`skip_step`.
+
+    Attributes:
+      count: steps seen, skipped or not.
+      skipped: steps skipped so far (int32).
+      skip: whether the last step was skipped (float32 0 or 1).
+      norm: global norm of the last incoming update.
+      norms: the last ``window`` finite gradient norms (a ring buffer, float32).
+      norms_seen: finite norms recorded so far (the buffer holds ``min(norms_seen, window)``).
+      losses: the last ``window`` finite losses, when ``value`` is passed (float32).
+      losses_seen: finite losses recorded so far.
+      inner_state: the wrapped optimizer's state.
+    """
+
+    count: jax.Array  # type: ignore[assignment]  # the field shadows tuple.count
+    skipped: jax.Array
+    skip: jax.Array
+    norm: jax.Array
+    norms: jax.Array
+    norms_seen: jax.Array
+    losses: jax.Array
+    losses_seen: jax.Array
+    inner_state: optax.OptState
+
+
+class _Window(NamedTuple):
+    values: jax.Array
+    seen: jax.Array
+
+
+def _outlier(window: _Window, x: jax.Array, sigma: Scalar, min_history: int):
+    """Whether ``x`` exceeds the window's ``mean + sigma * std`` (sample std), and that bound."""
+    size = window.values.shape[0]
+    n = jnp.minimum(window.seen, size)
+    valid = jnp.arange(size) < n
+    nf = jnp.maximum(n, 1).astype(jnp.float32)
+    mean = jnp.sum(jnp.where(valid, window.values, 0.0)) / nf
+    var = jnp.sum(jnp.where(valid, jnp.square(window.values - mean), 0.0)) / jnp.maximum(nf - 1, 1)
+    bound = mean + sigma * jnp.sqrt(var)
+    # A NaN or inf value compares false: it is never an outlier, so it reaches the inner
+    # optimizer and the update (the numerics rule), and it is never recorded.
+    return (n >= min_history) & (x > bound), bound
+
+
+def _record(window: _Window, x: jax.Array, outlier: jax.Array, bound: jax.Array) -> _Window:
+    """``x`` (or, for an outlier, the bound it crossed) into the ring buffer, if finite."""
+    finite = jnp.isfinite(x)
+    entry = jnp.where(outlier, bound, x)
+    slot = window.seen % window.values.shape[0]
+    values = window.values.at[slot].set(jnp.where(finite, entry, window.values[slot]))
+    return _Window(values, jnp.where(finite, window.seen + 1, window.seen))
+
+
+def skip_step(
+    inner: optax.GradientTransformation,
+    window: int = 128,
+    sigma_factor: Scalar = 6.0,
+    min_history: int | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Skips a step whose gradient norm, or loss, is an outlier against a rolling window.
+
+    With the last ``window`` recorded values of the gradient's global norm
+    (and of the loss, when ``update`` gets it as ``value=loss``), a step is
+    skipped when either value exceeds its window's
+
+    .. math:: \bar x + \sigma \, s_x \qquad (\text{mean and sample standard deviation})
+
+    once the window holds at least ``min_history`` values. A skipped step
+    returns a zero update and leaves ``inner``'s state untouched; the state
+    counts skipped steps (``skipped``). The defaults are Levanter's and
+    OLMo-core's (a window of 128 steps, 6 sigma, active from half a window).
+
+    Decisions (``docs/spikes.md``): an outlier enters its window as the bound it
+    crossed, not as itself, so one spike cannot widen the window enough to let
+    the next through (OLMo-core records it raw), while a lasting shift in
+    scale still moves the window, a bound at a time. A non-finite norm or loss
+    is never an outlier and never recorded: the NaN reaches ``inner`` and the
+    update, so :func:`optax.apply_if_finite` around this wrapper rejects the
+    step (OLMo-core skips it). ``inner`` runs on every step and a select picks
+    its result, which keeps the step free of control flow on accelerators.
+
+    Composes with :func:`optax.apply_if_finite` (around it) and
+    :class:`optax.MultiSteps` (either side: around it, each accumulated step
+    is tested; inside it, each micro-batch).
+
+    Args:
+      inner: the optimizer to guard.
+      window: values kept per statistic, a Python integer ``>= 2`` (it sizes the state).
+      sigma_factor: ``> 0``, standard deviations above the mean that make an outlier.
+      min_history: values needed before any step is skipped, an integer in
+        ``[2, window]``; ``window // 2`` if ``None``.
+
+    Returns:
+      An :class:`optax.GradientTransformationExtraArgs` with state :class:`SkipStepState`;
+      ``update(grads, state, params, value=loss)`` also watches the loss.
+
+    References:
+      OLMo-core's ``SkipStepAdamW``; Levanter's skip-step wrapper; MaxText's
+      skip on spikes.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optclip
+      >>> tx = optclip.skip_step(optax.sgd(0.1), window=4, min_history=2)
+      >>> state = tx.init({"w": jnp.zeros(1)})
+      >>> for g in (1.0, 1.1, 0.9, 1.0):
+      ...     _, state = tx.update({"w": jnp.array([g])}, state)
+      >>> u, state = tx.update({"w": jnp.array([1e4])}, state)
+      >>> float(u["w"][0]), int(state.skipped)
+      (0.0, 1)
+    """
+    if not isinstance(window, int) or isinstance(window, bool):
+        raise TypeError(
+            f"`window` must be a Python int (it sizes the state; under "
+            f"optax.inject_hyperparams pass static_args=('window',)), got {window!r}."
+        )
+    _checks.check_count("window", window, lo=2)
+    _checks.check_positive("sigma_factor", sigma_factor)
+    history = max(2, window // 2) if min_history is None else min_history
+    _checks.check_count("min_history", history, lo=2)
+    if _checks.static_value(history) is not None and history > window:
+        raise ValueError(f"`min_history` must be in [2, {window}] (the window), got {history!r}.")
+    inner = optax.with_extra_args_support(inner)
+
+    def init_fn(params):
+        empty = jnp.zeros([window], jnp.float32)
+        zero_i, zero_f = jnp.zeros([], jnp.int32), jnp.zeros([], jnp.float32)
+        return SkipStepState(
+            zero_i, zero_i, zero_f, zero_f, empty, zero_i, empty, zero_i, inner.init(params)
+        )
+
+    def update_fn(updates, state, params=None, *, value=None, **extra_args):
+        _gradient_checks.check_dtypes(updates)
+        norm = global_norm(updates)
+        norms = _Window(state.norms, state.norms_seen)
+        norm_out, norm_bound = _outlier(norms, norm, sigma_factor, history)
+        skip = norm_out
+        losses = _Window(state.losses, state.losses_seen)
+        if value is not None:
+            loss = jnp.asarray(value, jnp.float32)
+            if loss.ndim != 0:
+                raise ValueError(f"`value` must be the scalar loss, got shape {loss.shape}.")
+            loss_out, loss_bound = _outlier(losses, loss, sigma_factor, history)
+            skip = skip | loss_out
+            losses = _record(losses, loss, loss_out, loss_bound)
+        norms = _record(norms, norm, norm_out, norm_bound)
+        if value is not None:
+            extra_args = dict(extra_args, value=value)
+        new_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
+        new_updates = jax.tree.map(lambda u: jnp.where(skip, jnp.zeros_like(u), u), new_updates)
+        inner_state = jax.tree.map(
+            lambda old, new: jnp.where(skip, old, new), state.inner_state, inner_state
+        )
+        return new_updates, SkipStepState(
+            count=optax.safe_increment(state.count),
+            skipped=state.skipped + skip.astype(jnp.int32),
+            skip=skip.astype(jnp.float32),
+            norm=norm,
+            norms=norms.values,
+            norms_seen=norms.seen,
+            losses=losses.values,
+            losses_seen=losses.seen,
+            inner_state=inner_state,
+        )
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

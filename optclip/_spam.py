@@ -1,0 +1,256 @@
+"""SPAM: Adam with spike-aware coordinate clipping, periodic momentum reset and warm-up after it."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optclip import _checks, _gradient_checks
+from optclip._acclip_threshold import alpha_moment_update
+from optclip._momentum import ema_update
+from optclip._numerics import fraction_true, momentum_zeros
+from optclip._trees import unzip
+from optclip._types import Mask, Scalar
+from optclip._weight_decay import decoupled_weight_decay
+
+# ---------------------------------------------------------------------------------------------
+# The schedule of the three additions, as functions of the 0-based step T about to run.
+
+
+def reset_now(count: jax.Array, interval: Scalar) -> jax.Array:
+    """Whether step ``T = count`` resets the moments: ``(T + 1) % interval == 0``."""
+    return (count + 1) % interval == 0
+
+
+def clip_on(
+    count: jax.Array, interval: Scalar, spike_free_steps: Scalar, threshold: Scalar
+) -> jax.Array:
+    """Whether step ``T`` clips: ``T + 1 >= N``, ``(T + 1) % interval >= N`` and ``theta != 0``
+    (the authors' switch that turns the clip off)."""
+    t = count + 1
+    on = (t >= spike_free_steps) & (t % interval >= spike_free_steps)
+    return on & (jnp.asarray(threshold) != 0)
+
+
+def reset_warmup_scale(count: jax.Array, interval: Scalar, warmup_steps: Scalar) -> jax.Array:
+    r"""The step's factor after a reset: ``1 - 0.99 (1 + cos(pi s / (W + 1))) / 2`` for ``s < W``.
+
+    ``s`` counts steps since the last reset (0 on the step of a reset); before the
+    first reset, and from ``s = W`` on, the factor is 1.
+    """
+    t = count + 1
+    s = t % interval
+    ramp = 1.0 - 0.99 * (1.0 + jnp.cos(math.pi * s / (warmup_steps + 1.0))) / 2.0
+    return jnp.where((t >= interval) & (s < warmup_steps), ramp, 1.0).astype(jnp.float32)
+
+
+def spike_clip(
+    g: jax.Array, rms: jax.Array, threshold: Scalar, active: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """``g`` where ``g^2 <= theta v``, else ``sign(g) sqrt(theta v)``; and which were clipped.
+
+    Only when ``active`` (a scalar: the clip's schedule); else ``g`` as it is.
+
+    Written on ``rms = sqrt(v)``, as ``|g| > sqrt(theta) rms``, so no square is formed.
+    A NaN ``g`` compares false and is kept (the numerics rule).
+    """
+    bound = jnp.sqrt(jnp.asarray(threshold, jnp.float32)) * rms
+    mag = jnp.abs(g).astype(jnp.float32)
+    hit = (mag > bound) & active
+    scaled = g * (bound / jnp.where(hit, mag, 1.0)).astype(g.dtype)
+    return jnp.where(hit, scaled, g), hit
+
+
+def _check_schedule(threshold, interval, warmup_steps, spike_free_steps):
+    _checks.check_nonnegative("threshold", threshold)
+    _checks.check_count("interval", interval, lo=1)
+    _checks.check_count("warmup_steps", warmup_steps, lo=0)
+    _checks.check_count("spike_free_steps", spike_free_steps, lo=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole direction, in one pass over the moments.
+
+
+class ScaleBySpamState(NamedTuple):
+    """State of :func:`scale_by_spam`.
+
+    Attributes:
+      count: steps taken (Adam's bias-correction count; never reset).
+      mu: first moment ``m`` (``mu_dtype``, float32 by default).
+      rms: ``sqrt(v)``, the root of the second moment (float32).
+      clip_fraction: fraction of coordinates clipped at the last step (float32).
+    """
+
+    count: jax.Array  # type: ignore[assignment]  # the field shadows tuple.count
+    mu: optax.Updates
+    rms: optax.Updates
+    clip_fraction: jax.Array
+
+
+def scale_by_spam(
+    b1: Scalar = 0.9,
+    b2: Scalar = 0.999,
+    eps: Scalar = 1e-6,
+    threshold: Scalar = 5000.0,
+    interval: int = 500,
+    warmup_steps: int = 150,
+    spike_free_steps: int = 20,
+    mu_dtype: jax.typing.DTypeLike | None = None,
+) -> optax.GradientTransformation:
+    r"""The SPAM direction: Adam with spike-aware clipping, momentum reset and warm-up.
+
+    With ``T`` the 0-based step about to run and ``k = T + 1`` Adam's count:
+
+    .. math::
+
+        &\text{if } (T+1) \bmod \Delta T = 0: \quad m = v = 0 \\
+        &\text{if } T+1 \ge N \text{ and } (T+1) \bmod \Delta T \ge N: \quad
+          g_i \leftarrow \operatorname{sign}(g_i)\sqrt{\theta v_i}
+          \text{ where } g_i^2 > \theta v_i \\
+        &m = \beta_1 m + (1-\beta_1) g, \quad v = \beta_2 v + (1-\beta_2) g^2 \\
+        &u = s_T \frac{\sqrt{1-\beta_2^k}}{1-\beta_1^k} \frac{m}{\sqrt v + \epsilon},
+          \quad s_T = 1 - 0.99\,\frac{1 + \cos(\pi \sigma / (W+1))}{2}
+          \text{ for } \sigma < W \text{, else } 1
+
+    where ``sigma`` counts steps since the last reset (no warm-up before the
+    first one). This follows the authors' code, quirks kept: the bias
+    correction's count is never reset, so right after a reset ``m`` and ``v``
+    restart from zero under a correction near 1 (the cosine warm-up is what
+    keeps those steps small); the clip is off for the first ``N`` steps of
+    each interval, where ``v`` is rebuilding; ``eps`` is added to ``sqrt(v)``
+    before the bias correction, as in Hugging Face's AdamW.
+
+    Where it differs: the state keeps ``sqrt(v)`` (a ``hypot``-form EMA), so
+    a finite gradient of any size never overflows ``g^2``; results agree with
+    the ``v`` form to float32 rounding.
+
+    Args:
+      b1: first-moment decay in ``[0, 1)``.
+      b2: second-moment decay in ``[0, 1)``.
+      eps: ``>= 0``, added to ``sqrt(v)``.
+      threshold: ``theta >= 0``; a coordinate with ``g^2 > theta v`` is a spike
+        (0 turns the clip off, as in the authors' code).
+      interval: ``DeltaT``, steps between moment resets, an integer ``>= 1``.
+      warmup_steps: steps of cosine warm-up after each reset, an integer ``>= 0``.
+      spike_free_steps: ``N``, steps at the start of each interval without
+        clipping, an integer ``>= 0``.
+      mu_dtype: dtype of the stored first moment; float32 if ``None``.
+
+    Returns:
+      An :class:`optax.GradientTransformation` with state :class:`ScaleBySpamState`.
+
+    References:
+      Huang, Zhu, Jin, Liu, Wang, Liu, 2025, "SPAM: Spike-Aware Adam with Momentum
+      Reset for Stable LLM Training", ICLR, https://arxiv.org/abs/2501.06842;
+      the authors' code, ``TianjinYellow/SPAM-Optimizer``, ``galore_torch/SPAM.py``.
+    """
+    _checks.check_decay("b1", b1)
+    _checks.check_decay("b2", b2)
+    _checks.check_nonnegative("eps", eps)
+    _check_schedule(threshold, interval, warmup_steps, spike_free_steps)
+    dtype = _checks.state_dtype("mu_dtype", mu_dtype)
+
+    def init_fn(params):
+        return ScaleBySpamState(
+            count=jnp.zeros([], jnp.int32),
+            mu=momentum_zeros(params, dtype),
+            rms=optax.tree.zeros_like(params, dtype=jnp.float32),
+            clip_fraction=jnp.zeros([], jnp.float32),
+        )
+
+    def update_fn(updates, state, params=None):
+        del params
+        _gradient_checks.check_like(updates, state.mu, "the first moment")
+        keep = 1.0 - reset_now(state.count, interval).astype(jnp.float32)
+        active = clip_on(state.count, interval, spike_free_steps, threshold)
+        mu = jax.tree.map(lambda m: m * keep.astype(m.dtype), state.mu)
+        rms = jax.tree.map(lambda r: r * keep, state.rms)
+        grads, hits = unzip(
+            jax.tree.map(lambda g, r: spike_clip(g, r, threshold, active), updates, rms), updates
+        )
+        mu = jax.tree.map(lambda g, m: ema_update(g, m, b1), grads, mu)
+        rms = jax.tree.map(lambda r, g: alpha_moment_update(r, g, b2, 2.0), rms, grads)
+        k = optax.safe_increment(state.count)
+        step = reset_warmup_scale(state.count, interval, warmup_steps) * (
+            jnp.sqrt(1.0 - jnp.asarray(b2, jnp.float32) ** k)
+            / (1.0 - jnp.asarray(b1, jnp.float32) ** k)
+        )
+        out = jax.tree.map(lambda m, r, g: (step * m / (r + eps)).astype(g.dtype), mu, rms, updates)
+        return out, ScaleBySpamState(
+            count=k,
+            mu=optax.tree.cast_like(mu, state.mu),
+            rms=optax.tree.cast_like(rms, state.rms),
+            clip_fraction=fraction_true(hits),
+        )
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def spam(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: Scalar = 0.9,
+    b2: Scalar = 0.999,
+    eps: Scalar = 1e-6,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    threshold: Scalar = 5000.0,
+    interval: int = 500,
+    warmup_steps: int = 150,
+    spike_free_steps: int = 20,
+    mask: Mask = None,
+    mu_dtype: jax.typing.DTypeLike | None = None,
+) -> optax.GradientTransformation:
+    r"""SPAM: spike-aware Adam with momentum reset (Huang et al., ICLR 2025).
+
+    ``optax.chain(scale_by_spam(...), decoupled weight decay,
+    optax.scale_by_learning_rate(learning_rate))``; see :func:`scale_by_spam`
+    for the rule. Defaults are the authors' (``theta = 5000``, ``DeltaT = 500``,
+    150 warm-up steps, 20 spike-free steps, ``eps = 1e-6``); their ``DeltaT`` is
+    ``interval`` here and their ``grad_accu_steps`` is ``spike_free_steps``.
+
+    Weight decay is decoupled and, like the authors', not scaled by the warm-up;
+    it is added to the direction (``x - lr (u + lambda x)``) where the authors
+    shrink the already-updated parameters (``(x - lr u)(1 - lr lambda)``), a
+    difference of ``lr^2 lambda u``.
+
+    State: first moment (``mu_dtype``) and ``sqrt(v)`` (float32): 8 bytes per
+    parameter, Adam's. ``optclip.clip_fraction(state)`` reads the fraction of
+    coordinates clipped at the last step.
+
+    Args:
+      learning_rate: a float or an optax schedule (Adam's scale).
+      b1: first-moment decay in ``[0, 1)``.
+      b2: second-moment decay in ``[0, 1)``.
+      eps: ``>= 0``, added to ``sqrt(v)``.
+      weight_decay: decoupled weight decay ``lambda >= 0`` (float or schedule).
+      threshold: ``theta >= 0`` of the spike test ``g^2 > theta v`` (0: no clip).
+      interval: ``DeltaT``, steps between moment resets, an integer ``>= 1``.
+      warmup_steps: cosine warm-up steps after each reset, an integer ``>= 0``.
+      spike_free_steps: ``N``, unclipped steps at the start of each interval.
+      mask: which params get weight decay (as :func:`optax.add_decayed_weights`).
+      mu_dtype: dtype of the stored first moment; float32 if ``None``.
+
+    Returns:
+      An :class:`optax.GradientTransformation`.
+
+    References:
+      Huang et al., 2025, https://arxiv.org/abs/2501.06842.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, optclip
+      >>> params = {"w": jnp.ones(3)}
+      >>> tx = optclip.spam(1e-3)
+      >>> updates, state = tx.update({"w": jnp.ones(3)}, tx.init(params), params)
+      >>> [round(u, 6) for u in updates["w"].tolist()]  # Adam's first step: -lr sign(g)
+      [-0.001, -0.001, -0.001]
+    """
+    _checks.check_nonnegative("learning_rate", learning_rate, schedule=True)
+    return optax.chain(
+        scale_by_spam(b1, b2, eps, threshold, interval, warmup_steps, spike_free_steps, mu_dtype),
+        decoupled_weight_decay(weight_decay, mask),
+        optax.scale_by_learning_rate(learning_rate),
+    )

@@ -1,0 +1,193 @@
+"""SPAM's three additions to Adam, each a transform of its own, to put around any optimizer."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from optclip import _checks, _gradient_checks
+from optclip._acclip_threshold import alpha_moment_update
+from optclip._numerics import fraction_true
+from optclip._spam import clip_on, reset_now, reset_warmup_scale, spike_clip
+from optclip._trees import unzip
+from optclip._types import Scalar
+
+
+class ClipBySecondMomentState(NamedTuple):
+    """State of :func:`clip_by_second_moment`.
+
+    Attributes:
+      count: number of updates seen.
+      rms: ``sqrt(v)``, the EMA root-mean-square of the clipped updates (float32).
+      clip_fraction: fraction of coordinates clipped at the last step (float32).
+    """
+
+    count: jax.Array  # type: ignore[assignment]  # the field shadows tuple.count
+    rms: optax.Updates
+    clip_fraction: jax.Array
+
+
+def clip_by_second_moment(
+    threshold: Scalar = 5000.0,
+    b2: Scalar = 0.999,
+    interval: int = 500,
+    spike_free_steps: int = 20,
+) -> optax.GradientTransformation:
+    r"""SPAM's spike-aware clip: ``g_i^2 > theta v_i`` gives ``sign(g_i) sqrt(theta v_i)``.
+
+    ``v`` is this transform's own EMA of the *clipped* ``g^2`` (decay ``b2``),
+    reset to 0 every ``interval`` steps, and the clip is off for the first
+    ``spike_free_steps`` of each interval, all as in :func:`scale_by_spam`.
+    In front of ``optax.scale_by_adam(b1, b2)`` with the same ``b2`` and
+    ``interval`` (and :func:`reset_periodically` around it), its ``v`` is
+    Adam's; it costs 4 bytes per parameter that :func:`scale_by_spam` shares.
+
+    Args:
+      threshold: ``theta >= 0`` (0 turns the clip off).
+      b2: decay of ``v`` in ``[0, 1)``.
+      interval: steps between resets of ``v``, an integer ``>= 1``.
+      spike_free_steps: unclipped steps at the start of each interval, ``>= 0``.
+
+    Returns:
+      An :class:`optax.GradientTransformation` with state :class:`ClipBySecondMomentState`.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optclip
+      >>> tx = optax.chain(optclip.clip_by_second_moment(spike_free_steps=1), optax.adam(1e-3))
+      >>> state = tx.init({"w": jnp.zeros(2)})
+    """
+    _checks.check_nonnegative("threshold", threshold)
+    _checks.check_decay("b2", b2)
+    _checks.check_count("interval", interval, lo=1)
+    _checks.check_count("spike_free_steps", spike_free_steps, lo=0)
+
+    def init_fn(params):
+        return ClipBySecondMomentState(
+            count=jnp.zeros([], jnp.int32),
+            rms=optax.tree.zeros_like(params, dtype=jnp.float32),
+            clip_fraction=jnp.zeros([], jnp.float32),
+        )
+
+    def update_fn(updates, state, params=None):
+        del params
+        _gradient_checks.check_like(updates, state.rms, "the second moment")
+        keep = 1.0 - reset_now(state.count, interval).astype(jnp.float32)
+        active = clip_on(state.count, interval, spike_free_steps, threshold)
+        rms = jax.tree.map(lambda r: r * keep, state.rms)
+        out, hits = unzip(
+            jax.tree.map(lambda g, r: spike_clip(g, r, threshold, active), updates, rms), updates
+        )
+        rms = jax.tree.map(lambda r, g: alpha_moment_update(r, g, b2, 2.0), rms, out)
+        return out, ClipBySecondMomentState(
+            count=optax.safe_increment(state.count),
+            rms=optax.tree.cast_like(rms, state.rms),
+            clip_fraction=fraction_true(hits),
+        )
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+class ResetPeriodicallyState(NamedTuple):
+    """State of :func:`reset_periodically`: its step count and the inner state."""
+
+    count: jax.Array  # type: ignore[assignment]  # the field shadows tuple.count
+    inner_state: optax.OptState
+
+
+def _is_count(leaf: object) -> bool:
+    return jnp.issubdtype(np.result_type(leaf), jnp.integer)
+
+
+def reset_periodically(
+    inner: optax.GradientTransformation, interval: int = 500
+) -> optax.GradientTransformationExtraArgs:
+    """Resets ``inner``'s statistics every ``interval`` steps (SPAM's momentum reset).
+
+    On step ``T`` (0-based) with ``(T + 1) % interval == 0`` the inner state's
+    floating leaves (momenta, second moments) go back to what ``inner.init``
+    gives, before ``inner`` takes the step; its integer leaves (step counts,
+    and with them Adam's bias correction) are kept, as in SPAM.
+
+    Args:
+      inner: the optimizer whose state is reset.
+      interval: steps between resets, an integer ``>= 1``.
+
+    Returns:
+      An :class:`optax.GradientTransformationExtraArgs` with state :class:`ResetPeriodicallyState`.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optclip
+      >>> tx = optclip.reset_periodically(optax.adam(1e-3), interval=2)
+      >>> state = tx.init({"w": jnp.zeros(2)})
+    """
+    _checks.check_count("interval", interval, lo=1)
+    inner = optax.with_extra_args_support(inner)
+
+    def init_fn(params):
+        return ResetPeriodicallyState(jnp.zeros([], jnp.int32), inner.init(params))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        fresh = inner.init(updates)
+        reset = reset_now(state.count, interval)
+        inner_state = jax.tree.map(
+            lambda old, new: (
+                old if _is_count(old) else jnp.where(reset, new, old).astype(old.dtype)
+            ),
+            state.inner_state,
+            fresh,
+        )
+        updates, inner_state = inner.update(updates, inner_state, params, **extra_args)
+        return updates, ResetPeriodicallyState(optax.safe_increment(state.count), inner_state)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class ScaleByResetWarmupState(NamedTuple):
+    """State of :func:`scale_by_reset_warmup`: the step count."""
+
+    count: jax.Array  # type: ignore[assignment]  # the field shadows tuple.count
+
+
+def scale_by_reset_warmup(
+    interval: int = 500, warmup_steps: int = 150
+) -> optax.GradientTransformation:
+    r"""SPAM's cosine warm-up after each reset: the update times ``s_T``.
+
+    .. math:: s_T = 1 - 0.99\,\frac{1 + \cos(\pi \sigma / (W + 1))}{2}
+              \text{ for } \sigma < W, \text{ else } 1
+
+    with ``sigma = (T + 1) % interval`` the steps since the last reset (``T``
+    0-based); 1 before the first reset.
+
+    Args:
+      interval: steps between resets, an integer ``>= 1``.
+      warmup_steps: ``W``, an integer ``>= 0``.
+
+    Returns:
+      An :class:`optax.GradientTransformation` with state :class:`ScaleByResetWarmupState`.
+
+    Example:
+      >>> import jax.numpy as jnp, optclip
+      >>> tx = optclip.scale_by_reset_warmup(interval=1, warmup_steps=1)
+      >>> u, _ = tx.update({"w": jnp.ones(1)}, tx.init({"w": jnp.zeros(1)}))
+      >>> round(float(u["w"][0]), 4)
+      0.01
+    """
+    _checks.check_count("interval", interval, lo=1)
+    _checks.check_count("warmup_steps", warmup_steps, lo=0)
+
+    def init_fn(params):
+        del params
+        return ScaleByResetWarmupState(jnp.zeros([], jnp.int32))
+
+    def update_fn(updates, state, params=None):
+        del params
+        s = reset_warmup_scale(state.count, interval, warmup_steps)
+        updates = jax.tree.map(lambda u: (u * s).astype(u.dtype), updates)
+        return updates, ScaleByResetWarmupState(optax.safe_increment(state.count))
+
+    return optax.GradientTransformation(init_fn, update_fn)
