@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -14,7 +15,7 @@ from optclip._acclip_threshold import (
     check_robust,
     first_step_decay,
     init_threshold,
-    robust_clip,
+    robust_clip_tree,
 )
 from optclip._coordinate_clip import coordinate_clip
 from optclip._momentum import ema_update
@@ -60,6 +61,37 @@ class ScaleByACClipState(NamedTuple):
         return fraction_true(mask)
 
 
+def _update(
+    updates, state, params=None, *, b1, b2, alpha, eps, initial_threshold, rms_scale, robust,
+    spike_factor,
+):  # fmt: skip
+    """One step of :func:`scale_by_acclip` with its hyperparameters."""
+    del params
+    seeded = initial_threshold is None
+    _gradient_checks.check_like(updates, state.mu, "the momentum")
+    d2 = first_step_decay(b2, state.count, seeded)
+    raw = updates
+    if robust:
+        updates = robust_clip_tree(
+            updates, state.tau, state.count, b2, alpha, initial_threshold, spike_factor
+        )
+    mu = jax.tree.map(lambda g, m: ema_update(g, m, b1), updates, state.mu)
+    tau = jax.tree.map(lambda t, g: alpha_moment_update(t, g, d2, alpha), state.tau, updates)
+    direction, _ = unzip(jax.tree.map(lambda m, t: coordinate_clip(m, t, eps), mu, tau), updates)
+    rms = None
+    if rms_scale:
+        rms = jax.tree.map(lambda r, g: alpha_moment_update(r, g, b2, 2.0), state.rms, updates)
+        direction = jax.tree.map(lambda u, r: u / (r + eps), direction, rms)
+    out = jax.tree.map(lambda u, g: u.astype(g.dtype), direction, raw)
+    return out, ScaleByACClipState(
+        count=optax.safe_increment(state.count),
+        mu=optax.tree.cast_like(mu, state.mu),
+        tau=optax.tree.cast_like(tau, state.tau),
+        rms=None if rms is None else optax.tree.cast_like(rms, state.rms),
+        eps=jnp.asarray(eps, jnp.float32),
+    )
+
+
 def scale_by_acclip(
     b1: Scalar = 0.9,
     b2: Scalar = 0.99,
@@ -85,34 +117,19 @@ def scale_by_acclip(
     RMS-scaled form, which lives at Adam's learning rates; no bias correction,
     like the rest of ACClip).
 
-    With ``robust=True`` (optclip's own form, ``docs/spikes.md``) a spike can
-    raise neither its own threshold nor the momentum: each coordinate of
-    ``g_k`` is first clipped at ``c`` times the previous threshold's estimate
-    of its scale,
+    With ``robust=True`` (optclip's own form, ``docs/spikes.md``) each
+    coordinate of ``g_k`` is first clipped at ``c = spike_factor`` times the
+    previous threshold's estimate of its scale, ``tau_{k-1}``, debiased by
+    ``(1 - beta_2^(k-1))^(1/alpha)`` when ``tau_0 = 0`` (no clip without an
+    estimate: a first step, or a coordinate whose gradient has been zero so
+    far), and the clipped gradient replaces ``g_k`` in the momentum, the
+    threshold and the RMS: a spike raises neither its own threshold nor the
+    momentum. The momentum clip stays; ``spike_factor = inf`` is ACClip.
 
-    .. math::
-
-        \tilde g_k = \min\left(1, \frac{c\, \hat\tau_{k-1}}{|g_k|}\right) g_k, \qquad
-        \hat\tau_{k-1} = \frac{\tau_{k-1}}{(1 - \beta_2^{k-1})^{1/\alpha}}
-        \text{ if } \tau_0 = 0, \text{ else } \tau_{k-1}
-
-    (``c = spike_factor``; the first step of a zero or seeded start has no
-    estimate and is not clipped), and ``tilde g_k`` replaces ``g_k`` in the
-    momentum, the threshold and the RMS. The momentum clip at ``tau_k`` stays,
-    so with ``spike_factor = inf`` this is ACClip. The debiasing makes the
-    estimate the average of the magnitudes seen so far, so the default zero
-    start clips no less than a seeded one; a factor ``c > 1`` leaves the
-    threshold's fixed point near the true moment (``c = 1`` would shrink it to
-    zero, since clipped values sit below their bound).
-
-    Why this is one transform and not an ``optax.chain``: the threshold and
-    (with ``rms_scale``) the second moment observe the *raw* gradient, while
-    the clip acts on the *momentum*. A chain hands each link only the previous
-    link's output, so no link after the momentum could see ``g_k``. The
-    transform therefore forks ``g_k`` into the same three pieces the package
-    exports on their own: :func:`ema_update` (as in :func:`ema_momentum`),
-    :func:`alpha_moment_update` (as in :func:`estimate_alpha_moment_threshold`)
-    and :func:`coordinate_clip` (as in :func:`clip_coordinatewise`).
+    One transform, not a chain: the threshold and the RMS read the *raw*
+    gradient while the clip acts on the *momentum*, so it forks ``g_k`` into
+    :func:`ema_update`, :func:`alpha_moment_update` and :func:`coordinate_clip`
+    (``docs/architecture.md``).
 
     Args:
       b1: momentum decay in ``[0, 1)``.
@@ -124,15 +141,13 @@ def scale_by_acclip(
       mu_dtype: dtype of the stored momentum; float32 if ``None``.
       rms_scale: divide by the RMS of the raw gradient (keyword-only).
       robust: keyword-only; clip ``g_k`` at the previous threshold first.
-      spike_factor: keyword-only, ``>= 1``: with ``robust``, how many times its
-        scale a coordinate may reach before it is clipped.
+      spike_factor: keyword-only, ``>= 1``, the ``c`` of ``robust``.
 
     Returns:
       An :class:`optax.GradientTransformation` with state :class:`ScaleByACClipState`.
 
     References:
-      Zhang, Karimireddy, Veit, Kim, Reddi, Kumar, Sra, 2020,
-      "Why are Adaptive Methods Good for Attention Models?",
+      Zhang et al., 2020, "Why are Adaptive Methods Good for Attention Models?",
       https://arxiv.org/abs/1912.03194 (eq. ACClip).
 
     Example:
@@ -150,7 +165,6 @@ def scale_by_acclip(
     if initial_threshold is not None:
         _checks.check_threshold_leaves("initial_threshold", initial_threshold)
     dtype = _checks.state_dtype("mu_dtype", mu_dtype)
-    seeded = initial_threshold is None
 
     def init_fn(params):
         return ScaleByACClipState(
@@ -161,32 +175,6 @@ def scale_by_acclip(
             eps=jnp.asarray(eps, jnp.float32),
         )
 
-    def update_fn(updates, state, params=None):
-        del params
-        _gradient_checks.check_like(updates, state.mu, "the momentum")
-        d2 = first_step_decay(b2, state.count, seeded)
-        raw = updates
-        if robust:
-            clip = lambda g, t: robust_clip(
-                g, t, state.count, b2, alpha, initial_threshold, spike_factor
-            )
-            updates = jax.tree.map(clip, updates, state.tau)
-        mu = jax.tree.map(lambda g, m: ema_update(g, m, b1), updates, state.mu)
-        tau = jax.tree.map(lambda t, g: alpha_moment_update(t, g, d2, alpha), state.tau, updates)
-        direction, _ = unzip(
-            jax.tree.map(lambda m, t: coordinate_clip(m, t, eps), mu, tau), updates
-        )
-        rms = None
-        if rms_scale:
-            rms = jax.tree.map(lambda r, g: alpha_moment_update(r, g, b2, 2.0), state.rms, updates)
-            direction = jax.tree.map(lambda u, r: u / (r + eps), direction, rms)
-        out = jax.tree.map(lambda u, g: u.astype(g.dtype), direction, raw)
-        return out, ScaleByACClipState(
-            count=optax.safe_increment(state.count),
-            mu=optax.tree.cast_like(mu, state.mu),
-            tau=optax.tree.cast_like(tau, state.tau),
-            rms=None if rms is None else optax.tree.cast_like(rms, state.rms),
-            eps=jnp.asarray(eps, jnp.float32),
-        )
-
-    return optax.GradientTransformation(init_fn, update_fn)
+    hp = dict(b1=b1, b2=b2, alpha=alpha, eps=eps, initial_threshold=initial_threshold)
+    flags = dict(rms_scale=rms_scale, robust=robust, spike_factor=spike_factor)
+    return optax.GradientTransformation(init_fn, functools.partial(_update, **hp, **flags))

@@ -66,7 +66,8 @@ def robust_clip(
     ``tau_{k-1}`` itself when the threshold was seeded or started above 0;
     ``tau_{k-1} / (1 - decay^(k-1))^(1/alpha)``, the EMA debiased for its zero
     start, when it started at 0. With no history yet (the first step of a
-    seeded or zero start) nothing is clipped.
+    seeded or zero start) nothing is clipped, and neither is a coordinate whose
+    estimate is still 0 (its gradient has been zero so far).
     """
     n = count.astype(jnp.float32)
     first = count == 0
@@ -80,13 +81,29 @@ def robust_clip(
         )
         scale = jnp.where(zero_start, tau / debias, tau)
         no_history = first & zero_start
-    bound = jnp.where(no_history, jnp.inf, spike_factor * scale)
+    # A coordinate whose gradient has been zero so far has no scale yet: clipping it at 0 would
+    # hold it at zero for good, so it passes until it has one.
+    bound = jnp.where(no_history | (scale <= 0), jnp.inf, spike_factor * scale)
     return coordinate_clip(g, bound)[0]
+
+
+def robust_clip_tree(
+    updates: optax.Updates,
+    tau: optax.Updates,
+    count: jax.Array,
+    decay: Scalar,
+    alpha: Scalar,
+    initial_threshold: Scalar | None,
+    spike_factor: Scalar,
+) -> optax.Updates:
+    """:func:`robust_clip` of every leaf of ``updates`` against its threshold in ``tau``."""
+    clip = lambda g, t: robust_clip(g, t, count, decay, alpha, initial_threshold, spike_factor)
+    return jax.tree.map(clip, updates, tau)
 
 
 def check_robust(robust: object, spike_factor: object) -> None:
     _checks.check_flag("robust", robust)
-    _checks.check_range("spike_factor", spike_factor, 1.0, float("inf"), hi_open=True)
+    _checks.check_range("spike_factor", spike_factor, 1.0, float("inf"))
 
 
 def init_threshold(params: optax.Params, initial_threshold: Scalar | None) -> optax.Updates:
@@ -161,10 +178,9 @@ def estimate_alpha_moment_threshold(
         _gradient_checks.check_like(updates, state.tau, "the threshold")
         d = first_step_decay(decay, state.count, initial_threshold is None)
         if robust:
-            clip = lambda g, t: robust_clip(
-                g, t, state.count, decay, alpha, initial_threshold, spike_factor
+            updates = robust_clip_tree(
+                updates, state.tau, state.count, decay, alpha, initial_threshold, spike_factor
             )
-            updates = jax.tree.map(clip, updates, state.tau)
         tau = jax.tree.map(lambda t, g: alpha_moment_update(t, g, d, alpha), state.tau, updates)
         return updates, AlphaMomentThresholdState(
             optax.safe_increment(state.count), optax.tree.cast_like(tau, state.tau)

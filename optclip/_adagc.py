@@ -23,13 +23,26 @@ class AdaGCState(NamedTuple):
         A vector, not a tree shaped like the params, so that tools which map the
         state onto the params (``optclip.state_shardings``) replicate it.
       norms: each leaf's norm at the last step, before clipping, in the same order.
-      clipped: fraction of leaves scaled down at the last step (float32).
+      clipped: fraction of the coordinates whose leaf was scaled down at the last
+        step (float32; ``optclip.clip_fraction`` reads it).
     """
 
     count: jax.Array  # type: ignore[assignment]  # the field shadows tuple.count
     gamma: optax.Updates
     norms: optax.Updates
     clipped: jax.Array
+
+
+def _clip_leaf(g, n, gamma, warming, global_factor, lambda_rel, beta):
+    """One leaf's clipped update, its next ``gamma`` and whether it was clipped."""
+    rel = clip_factor(n, lambda_rel * gamma)
+    h = jnp.where(warming, global_factor, rel)
+    clipped = jnp.where(warming, global_factor < 1.0, n > lambda_rel * gamma)
+    new_gamma = jnp.where(warming, jnp.minimum(gamma, h * n), beta * gamma + (1.0 - beta) * h * n)
+    new_gamma = jnp.where(jnp.isfinite(n), new_gamma, gamma)
+    # A clipped leaf is scaled; an unclipped one passes as it is. A NaN norm compares false,
+    # so the NaN in the leaf survives (the numerics rule).
+    return jnp.where(clipped, g * h, g).astype(g.dtype), new_gamma.astype(jnp.float32), clipped
 
 
 def adagc(
@@ -51,9 +64,8 @@ def adagc(
         \gamma_i \leftarrow \beta \gamma_i + (1 - \beta)\, h_i \|g_{k,i}\|, \qquad
         \hat g_{k,i} = h_i g_{k,i}
 
-    Because ``gamma_i`` absorbs the *clipped* norm, a spike raises a tensor's
-    threshold by at most ``(1 - beta) (lambda_rel - 1)`` of itself per step.
-    A zero leaf is not clipped (the 0/0 rule) and enters ``gamma_i`` as 0.
+    ``gamma_i`` absorbs the *clipped* norm, so a spike raises it by at most
+    ``(1 - beta)(lambda_rel - 1)`` of itself per step.
 
     Decisions (``docs/spikes.md``): warm-up covers the first ``warmup_steps``
     iterations, as the paper writes (pytorch-optimizer's ``AdaGC`` warms up one
@@ -61,8 +73,7 @@ def adagc(
     with no finite step yet keeps ``gamma = +inf``, i.e. is not clipped after
     warm-up until it has one. A non-finite leaf norm leaves that leaf's
     ``gamma`` unchanged, and the NaN reaches the update (the numerics rule).
-    The paper's AdaGC also owns the Adam step; here it is a transform to chain
-    in front of any optimizer: ``optax.chain(optclip.adagc(), optax.adamw(lr))``.
+    Chain it in front of any optimizer: ``optax.chain(optclip.adagc(), optax.adamw(lr))``.
 
     Beside :func:`group_small_leaves`: put ``adagc`` *outside* it (first in the
     chain, on the user's tree) so each tensor keeps its own threshold; inside
@@ -78,8 +89,7 @@ def adagc(
       An :class:`optax.GradientTransformation` with state :class:`AdaGCState`.
 
     References:
-      Wang et al., 2026, "AdaGC: Improving Training Stability for Large Language
-      Model Pretraining", ICML, https://arxiv.org/abs/2502.11034.
+      Wang et al., 2026, "AdaGC", ICML, https://arxiv.org/abs/2502.11034.
 
     Example:
       >>> import jax.numpy as jnp, optclip
@@ -119,29 +129,19 @@ def adagc(
         # The global norm from the leaves' norms: no second read of the update.
         global_factor = clip_factor(global_norm(norms), lambda_abs)
 
-        def leaf(g, n, gamma):
-            rel = clip_factor(n, lambda_rel * gamma)
-            h = jnp.where(warming, global_factor, rel)
-            clipped = jnp.where(warming, global_factor < 1.0, n > lambda_rel * gamma)
-            new_gamma = jnp.where(
-                warming,
-                jnp.minimum(gamma, h * n),
-                beta * gamma + (1.0 - beta) * h * n,
-            )
-            new_gamma = jnp.where(jnp.isfinite(n), new_gamma, gamma)
-            # A clipped leaf is scaled; an unclipped one passes as it is. A NaN norm
-            # compares false, so the NaN in the leaf survives (the numerics rule).
-            out = jnp.where(clipped, g * h, g).astype(g.dtype)
-            return out, new_gamma.astype(jnp.float32), clipped
-
-        results = [leaf(g, norms[i], state.gamma[i]) for i, g in enumerate(flat_g)]
+        clip = lambda g, n, gamma: _clip_leaf(g, n, gamma, warming, global_factor, lambda_rel, beta)
+        results = [clip(g, norms[i], state.gamma[i]) for i, g in enumerate(flat_g)]
+        total = sum(jnp.size(g) for g in flat_g)
         if not results:
             return updates, state._replace(count=optax.safe_increment(state.count))
         return treedef.unflatten([r[0] for r in results]), AdaGCState(
             count=optax.safe_increment(state.count),
             gamma=jnp.stack([r[1] for r in results]),
             norms=norms,
-            clipped=jnp.mean(jnp.stack([r[2] for r in results]).astype(jnp.float32)),
+            clipped=sum(
+                r[2].astype(jnp.float32) * (jnp.size(g) / max(1, total))
+                for r, g in zip(results, flat_g, strict=True)
+            ),
         )
 
     return optax.GradientTransformation(init_fn, update_fn)

@@ -101,10 +101,8 @@ def acclip(
       mask: which params get weight decay (as :func:`optax.add_decayed_weights`).
       mu_dtype: dtype of the stored momentum; float32 if ``None``.
       rms_scale: keyword-only; the Adam-scale RMS-scaled form.
-      robust: keyword-only; clip each coordinate of the gradient at
-        ``spike_factor`` times the previous threshold before anything else
-        sees it, so a spike cannot raise its own threshold (:func:`scale_by_acclip`,
-        ``docs/spikes.md``).
+      robust: keyword-only; clip the gradient at ``spike_factor`` times the
+        previous threshold first, so a spike cannot raise its own threshold.
       spike_factor: keyword-only, ``>= 1`` (default 4).
 
     Returns:
@@ -123,22 +121,9 @@ def acclip(
       >>> optax.apply_updates(params, updates)["w"].tolist()
       [0.9800000190734863, 0.9800000190734863, 0.9800000190734863]
     """
-    return _finish(
-        scale_by_acclip(
-            b1,
-            b2,
-            alpha,
-            eps,
-            initial_threshold,
-            mu_dtype,
-            rms_scale=rms_scale,
-            robust=robust,
-            spike_factor=spike_factor,
-        ),
-        learning_rate,
-        weight_decay,
-        mask,
-    )
+    flags = dict(rms_scale=rms_scale, robust=robust, spike_factor=spike_factor)
+    direction = scale_by_acclip(b1, b2, alpha, eps, initial_threshold, mu_dtype, **flags)
+    return _finish(direction, learning_rate, weight_decay, mask)
 
 
 def gclip(

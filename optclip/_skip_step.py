@@ -67,6 +67,22 @@ def _record(window: _Window, x: jax.Array, outlier: jax.Array, bound: jax.Array)
     return _Window(values, jnp.where(finite, window.seen + 1, window.seen))
 
 
+def _check(window: object, sigma_factor: object, min_history: object) -> int:
+    """Validates the arguments; returns the history needed before any skip."""
+    if not isinstance(window, int) or isinstance(window, bool):
+        raise TypeError(
+            f"`window` must be a Python int (it sizes the state; under "
+            f"optax.inject_hyperparams pass static_args=('window',)), got {window!r}."
+        )
+    _checks.check_count("window", window, lo=2)
+    _checks.check_positive("sigma_factor", sigma_factor)
+    history = max(2, window // 2) if min_history is None else min_history
+    _checks.check_count("min_history", history, lo=2)
+    if _checks.static_value(history) is not None and history > window:
+        raise ValueError(f"`min_history` must be in [2, {window}] (the window), got {history!r}.")
+    return history
+
+
 def skip_step(
     inner: optax.GradientTransformation,
     window: int = 128,
@@ -96,8 +112,7 @@ def skip_step(
     its result, which keeps the step free of control flow on accelerators.
 
     Composes with :func:`optax.apply_if_finite` (around it) and
-    :class:`optax.MultiSteps` (either side: around it, each accumulated step
-    is tested; inside it, each micro-batch).
+    :class:`optax.MultiSteps` (around it, each micro-batch is tested; inside, each step).
 
     Args:
       inner: the optimizer to guard.
@@ -111,8 +126,7 @@ def skip_step(
       ``update(grads, state, params, value=loss)`` also watches the loss.
 
     References:
-      OLMo-core's ``SkipStepAdamW``; Levanter's skip-step wrapper; MaxText's
-      skip on spikes.
+      OLMo-core's ``SkipStepAdamW``; Levanter's skip-step; MaxText's skip on spikes.
 
     Example:
       >>> import jax.numpy as jnp, optax, optclip
@@ -124,17 +138,7 @@ def skip_step(
       >>> float(u["w"][0]), int(state.skipped)
       (0.0, 1)
     """
-    if not isinstance(window, int) or isinstance(window, bool):
-        raise TypeError(
-            f"`window` must be a Python int (it sizes the state; under "
-            f"optax.inject_hyperparams pass static_args=('window',)), got {window!r}."
-        )
-    _checks.check_count("window", window, lo=2)
-    _checks.check_positive("sigma_factor", sigma_factor)
-    history = max(2, window // 2) if min_history is None else min_history
-    _checks.check_count("min_history", history, lo=2)
-    if _checks.static_value(history) is not None and history > window:
-        raise ValueError(f"`min_history` must be in [2, {window}] (the window), got {history!r}.")
+    history = _check(window, sigma_factor, min_history)
     inner = optax.with_extra_args_support(inner)
 
     def init_fn(params):

@@ -65,6 +65,18 @@ def spike_clip(
     return jnp.where(hit, scaled, g), hit
 
 
+def one_minus_power(decay: Scalar, k: jax.Array) -> jax.Array:
+    """``1 - decay^k`` as ``-expm1(k log decay)``, with ``log decay`` in double precision when
+    ``decay`` is a Python number: the same rounding as the EMA weights ``1 - decay`` it
+    corrects, whether or not :func:`optax.inject_hyperparams` made ``decay`` a float32 array."""
+    value = _checks.static_value(decay)
+    if value is not None and not isinstance(decay, jax.Array):
+        log = jnp.float32(math.log(value)) if value > 0 else jnp.float32(-jnp.inf)
+    else:
+        log = jnp.log(jnp.asarray(decay, jnp.float32))
+    return -jnp.expm1(k.astype(jnp.float32) * log)
+
+
 def _check_schedule(threshold, interval, warmup_steps, spike_free_steps):
     _checks.check_nonnegative("threshold", threshold)
     _checks.check_count("interval", interval, lo=1)
@@ -177,8 +189,7 @@ def scale_by_spam(
         rms = jax.tree.map(lambda r, g: alpha_moment_update(r, g, b2, 2.0), rms, grads)
         k = optax.safe_increment(state.count)
         step = reset_warmup_scale(state.count, interval, warmup_steps) * (
-            jnp.sqrt(1.0 - jnp.asarray(b2, jnp.float32) ** k)
-            / (1.0 - jnp.asarray(b1, jnp.float32) ** k)
+            jnp.sqrt(one_minus_power(b2, k)) / one_minus_power(b1, k)
         )
         out = jax.tree.map(lambda m, r, g: (step * m / (r + eps)).astype(g.dtype), mu, rms, updates)
         return out, ScaleBySpamState(

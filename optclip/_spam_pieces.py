@@ -6,7 +6,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from optclip import _checks, _gradient_checks
@@ -99,7 +98,8 @@ class ResetPeriodicallyState(NamedTuple):
 
 
 def _is_count(leaf: object) -> bool:
-    return jnp.issubdtype(np.result_type(leaf), jnp.integer)
+    dtype = getattr(leaf, "dtype", None)
+    return dtype is not None and jnp.issubdtype(dtype, jnp.integer)
 
 
 def reset_periodically(

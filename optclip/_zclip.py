@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -16,6 +17,77 @@ MODES = ("zscore", "percentile")
 CLIP_OPTIONS = ("adaptive_scaling", "mean")
 # torch.nn.utils.clip_grad_norm_'s guard, which the reference clips with: max / (norm + 1e-6).
 _TORCH_NORM_EPS = 1e-6
+
+
+def _threshold(norm, mean, std, mode, clip_option, z_thresh, eps, clip_factor):
+    """The adaptive threshold and whether ``norm`` is a spike (after warm-up)."""
+    if mode == "percentile":
+        bound = mean + z_thresh * std
+        return bound, norm > bound
+    z = (norm - mean) / (std + eps)
+    spike = z > z_thresh
+    if clip_option == "mean":
+        return mean, spike  # clip_factor scales the adaptive threshold only, as theirs
+    # On a spike z > z_thresh > 0, so the division is safe; elsewhere it is not used.
+    scaled = mean + z_thresh * std / jnp.where(spike, z / z_thresh, 1.0)
+    return clip_factor * scaled, spike
+
+
+def _statistics(state, norm, absorbed, alpha, warming):
+    """The next mean and standard deviation of the norm, in warm-up or after it."""
+    mean, std = state.mean, state.std
+    # Warm-up: running mean and population variance of the norms (Welford's update,
+    # s_k^2 = w s_{k-1}^2 + (1 - w) (w delta^2) with w = (k-1)/k, on the root).
+    k = (state.count + 1).astype(jnp.float32)
+    delta = norm - mean
+    w = (k - 1.0) / k
+    warm_mean = mean + delta / k
+    warm_std = power_mean(std, jnp.abs(delta) * jnp.sqrt(w), w, 2.0)
+    # After it: the EMA absorbs the threshold (or the norm), the variance uses the new mean.
+    ema_mean = alpha * mean + (1.0 - alpha) * absorbed
+    ema_std = power_mean(std, jnp.abs(absorbed - ema_mean), alpha, 2.0)
+    return jnp.where(warming, warm_mean, ema_mean), jnp.where(warming, warm_std, ema_std)
+
+
+def _update(updates, state, params=None, *, hp):
+    del params
+    alpha, max_grad_norm, warmup_steps = hp["alpha"], hp["max_grad_norm"], hp["warmup_steps"]
+    _gradient_checks.check_dtypes(updates)
+    norm = global_norm(updates)
+    finite = jnp.isfinite(norm)
+    warming = state.count < warmup_steps
+    mean, std = state.mean, state.std
+    bound, spike = _threshold(
+        norm, mean, std, *(hp[k] for k in ("mode", "clip_option", "z_thresh", "eps", "clip_factor"))
+    )
+    spike = spike & ~warming & finite
+    absorbed = jnp.where(spike, bound, norm)
+    cap = absorbed if max_grad_norm is None else jnp.minimum(absorbed, max_grad_norm)
+    if max_grad_norm is None:
+        cap = jnp.where(warming, jnp.inf, cap)
+    else:
+        cap = jnp.where(warming, jnp.asarray(max_grad_norm, jnp.float32), cap)
+    # Warm-up clips as torch's clip_grad_norm_ (a factor max / (norm + 1e-6) whenever it is
+    # below 1); after it, the authors clip only a norm above the threshold.
+    clipped = jnp.where(warming, norm + _TORCH_NORM_EPS > cap, norm > cap)
+    factor = jnp.where(clipped, cap / (norm + _TORCH_NORM_EPS), 1.0)
+    factor = jnp.where(finite, factor, jnp.nan)  # the numerics rule: NaN in, NaN out
+    # An unclipped update passes through as it is (no multiply by 1.0, which flushes
+    # subnormals on some backends); a non-finite one becomes NaN everywhere.
+    scale = clipped | ~finite
+    updates = jax.tree.map(lambda u: jnp.where(scale, u * factor, u).astype(u.dtype), updates)
+
+    new_mean, new_std = _statistics(state, norm, absorbed, alpha, warming)
+    keep = ~finite | (spike & hp["skip_update_on_spike"])
+    new_mean, new_std = jnp.where(keep, mean, new_mean), jnp.where(keep, std, new_std)
+    return updates, ZClipState(
+        count=jnp.where(finite, optax.safe_increment(state.count), state.count),
+        mean=new_mean.astype(jnp.float32),
+        std=new_std.astype(jnp.float32),
+        norm=norm,
+        clipped=(clipped & finite).astype(jnp.float32),
+        spike=spike.astype(jnp.float32),
+    )
 
 
 class ZClipState(NamedTuple):
@@ -78,15 +150,9 @@ def zclip(
     the authors' names, defaults and order of operations, so a ZClip
     configuration ports unchanged and gives its updates to float32 rounding.
 
-    Where this differs from the authors' code (``docs/spikes.md``):
-
-    * **Non-finite norms** (not handled there): the whole update becomes NaN,
-      so :func:`optax.apply_if_finite` can skip the step, and the statistics
-      are left as they were (the package's numerics rule, ``docs/numerics.md``).
-    * **Warm-up statistics** are a running mean and population variance
-      (Welford's update) instead of a list of norms, so the state has a fixed
-      size and ``warmup_steps`` may be traced; the result agrees to float32
-      rounding.
+    Differences (``docs/spikes.md``): a non-finite norm makes the whole update
+    NaN and leaves the statistics as they were (the numerics rule), and the
+    warm-up keeps a running mean and variance instead of a list of norms.
 
     Chain it in front of any optimizer:
     ``optax.chain(optclip.zclip(), optax.adam(1e-3))``.
@@ -139,64 +205,10 @@ def zclip(
         zero = jnp.zeros([], jnp.float32)
         return ZClipState(jnp.zeros([], jnp.int32), zero, zero, zero, zero, zero)
 
-    def threshold(norm, mean, std):
-        """The adaptive threshold and whether ``norm`` is a spike (after warm-up)."""
-        if mode == "percentile":
-            bound = mean + z_thresh * std
-            return bound, norm > bound
-        z = (norm - mean) / (std + eps)
-        spike = z > z_thresh
-        if clip_option == "mean":
-            return mean, spike  # clip_factor scales the adaptive threshold only, as theirs
-        # On a spike z > z_thresh > 0, so the division is safe; elsewhere it is not used.
-        scaled = mean + z_thresh * std / jnp.where(spike, z / z_thresh, 1.0)
-        return clip_factor * scaled, spike
-
-    def update_fn(updates, state, params=None):
-        del params
-        _gradient_checks.check_dtypes(updates)
-        norm = global_norm(updates)
-        finite = jnp.isfinite(norm)
-        warming = state.count < warmup_steps
-        mean, std = state.mean, state.std
-        bound, spike = threshold(norm, mean, std)
-        spike = spike & ~warming & finite
-        absorbed = jnp.where(spike, bound, norm)
-        cap = absorbed if max_grad_norm is None else jnp.minimum(absorbed, max_grad_norm)
-        if max_grad_norm is None:
-            cap = jnp.where(warming, jnp.inf, cap)
-        else:
-            cap = jnp.where(warming, jnp.asarray(max_grad_norm, jnp.float32), cap)
-        # Warm-up clips as torch's clip_grad_norm_ (a factor max / (norm + 1e-6) whenever it is
-        # below 1); after it, the authors clip only a norm above the threshold.
-        clipped = jnp.where(warming, norm + _TORCH_NORM_EPS > cap, norm > cap)
-        factor = jnp.where(clipped, cap / (norm + _TORCH_NORM_EPS), 1.0)
-        factor = jnp.where(finite, factor, jnp.nan)  # the numerics rule: NaN in, NaN out
-        # An unclipped update passes through as it is (no multiply by 1.0, which flushes
-        # subnormals on some backends); a non-finite one becomes NaN everywhere.
-        scale = clipped | ~finite
-        updates = jax.tree.map(lambda u: jnp.where(scale, u * factor, u).astype(u.dtype), updates)
-
-        # Warm-up: running mean and population variance of the norms (Welford's update,
-        # s_k^2 = w s_{k-1}^2 + (1 - w) (w delta^2) with w = (k-1)/k, on the root).
-        k = (state.count + 1).astype(jnp.float32)
-        delta = norm - mean
-        warm_mean = mean + delta / k
-        w = (k - 1.0) / k
-        warm_std = power_mean(std, jnp.abs(delta) * jnp.sqrt(w), w, 2.0)
-        # After it: the EMA absorbs the threshold (or the norm), the variance uses the new mean.
-        ema_mean = alpha * mean + (1.0 - alpha) * absorbed
-        ema_std = power_mean(std, jnp.abs(absorbed - ema_mean), alpha, 2.0)
-        keep = ~finite | (spike & skip_update_on_spike)
-        new_mean = jnp.where(keep, mean, jnp.where(warming, warm_mean, ema_mean))
-        new_std = jnp.where(keep, std, jnp.where(warming, warm_std, ema_std))
-        return updates, ZClipState(
-            count=jnp.where(finite, optax.safe_increment(state.count), state.count),
-            mean=new_mean.astype(jnp.float32),
-            std=new_std.astype(jnp.float32),
-            norm=norm,
-            clipped=(clipped & finite).astype(jnp.float32),
-            spike=spike.astype(jnp.float32),
-        )
-
+    update_fn = functools.partial(
+        _update,
+        hp=dict(alpha=alpha, z_thresh=z_thresh, max_grad_norm=max_grad_norm, eps=eps,
+                warmup_steps=warmup_steps, mode=mode, clip_option=clip_option,
+                clip_factor=clip_factor, skip_update_on_spike=skip_update_on_spike),
+    )  # fmt: skip
     return optax.GradientTransformation(init_fn, update_fn)

@@ -210,6 +210,8 @@ def robust_acclip(
                 r = spike_factor * tp
             else:
                 r = spike_factor * tp / (1 - b2**n) ** (1 / alpha)
+            # A coordinate with no scale yet (zero gradients so far) is not clipped.
+            r = np.where(r > 0, r, np.inf)
             a = np.abs(gk)
             keep = (a == 0) | np.isinf(r)
             ratio = np.divide(r, a, out=np.ones_like(a), where=~keep)

@@ -23,6 +23,7 @@ import optax
 import pytest
 
 import optclip
+from tests.conftest import adagc_adam, skip_step_adam, zclip_adam
 
 # A complex leaf cast to a real dtype loses its imaginary part: that is a bug here, not a warning.
 pytestmark = pytest.mark.filterwarnings("error::numpy.exceptions.ComplexWarning")
@@ -59,6 +60,16 @@ OPTIMIZERS = [
         optclip.stochastic_ingd,
         dict(p=100.0, q=1000.0, beta=0.9, key=jax.random.key(0)),
     ),
+    Optimizer("acclip_robust", optclip.acclip, dict(learning_rate=1e-2, robust=True)),
+    Optimizer(
+        "acclip_rms_robust", optclip.acclip, dict(learning_rate=1e-2, rms_scale=True, robust=True)
+    ),
+    # b2 = 0.99: inject_hyperparams stores b2 in float32, and 1 - float32(0.999) is 1.3e-5 off
+    # 1 - 0.999, which moves sqrt(v) in the state by 6e-6, past this file's 1e-6.
+    Optimizer("spam", optclip.spam, dict(learning_rate=1e-2, b2=0.99)),
+    Optimizer("zclip_adam", zclip_adam, dict(learning_rate=1e-2)),
+    Optimizer("adagc_adam", adagc_adam, dict(learning_rate=1e-2)),
+    Optimizer("skip_step_adam", skip_step_adam, dict(learning_rate=1e-2)),
 ]
 
 

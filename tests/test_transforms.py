@@ -13,6 +13,16 @@ import pytest
 import optclip
 from tests.conftest import CASES, heavy_tailed_grads, initial_params
 
+
+def _optclip_state(name, state):
+    """The part of a case's state that optclip keeps (not optax.adam's)."""
+    if name in ("zclip_adam", "adagc_adam"):
+        return state[0]
+    if name == "skip_step_adam":
+        return state._replace(inner_state=None)
+    return state
+
+
 STEPS = 12
 
 
@@ -54,8 +64,9 @@ class TestContract:
             chex.assert_trees_all_equal_shapes_and_dtypes(u, g)
             assert jax.tree.map(lambda x: (x.shape, x.dtype), state) == init_types
             params = optax.apply_updates(params, u)
-        # Statistics are float32 whatever the parameter dtype.
-        for leaf in jax.tree.leaves(state):
+        # Statistics are float32 whatever the parameter dtype (optax.adam's state, in a case
+        # that chains it, follows the params).
+        for leaf in jax.tree.leaves(_optclip_state(case.name, state)):
             if jnp.issubdtype(leaf.dtype, jnp.floating):
                 assert leaf.dtype == jnp.float32
 
@@ -130,3 +141,67 @@ def test_traced_hyperparameters_are_not_checked_eagerly():
     params = {"w": jnp.ones(3)}
     u, _ = jax.jit(tx.update)({"w": jnp.ones(3)}, tx.init(params), params)
     assert bool(jnp.all(jnp.isfinite(u["w"])))
+
+
+# Robust ACClip: a spike can raise neither its own threshold nor the momentum.
+
+
+def _robust_run(tx, spike, steps=60, spike_at=40):
+    rng = np.random.default_rng(0)
+    state = tx.init({"w": jnp.zeros(64)})
+    update = jax.jit(tx.update)
+    for t in range(steps):
+        g = rng.standard_t(3.0, size=64).astype(np.float32)
+        if t == spike_at:
+            before = state
+            g = g * np.float32(spike)
+        _, state = update({"w": jnp.asarray(g)}, state)
+        if t == spike_at:
+            after = state
+    return before, after
+
+
+@pytest.mark.parametrize("spike", [1e2, 1e6, 1e30])
+def test_robust_threshold_rises_by_a_bounded_factor_and_the_printed_one_does_not(spike):
+    robust = optclip.scale_by_acclip(robust=True)
+    before, after = _robust_run(robust, spike)
+    # tau_k = b2 tau + (1 - b2) |g~|, |g~| <= c tau / (1 - b2^k): a rise of at most
+    # b2 + (1 - b2) c / (1 - b2^40) per coordinate, whatever the spike.
+    bound = 0.99 + 0.01 * 4.0 / (1 - 0.99**40)
+    assert np.all(np.asarray(after.tau["w"]) <= bound * np.asarray(before.tau["w"]) * (1 + 1e-6))
+    assert np.all(np.isfinite(after.mu["w"]))
+    printed = optclip.scale_by_acclip()
+    _, after_printed = _robust_run(printed, spike)
+    assert np.max(after_printed.tau["w"] / after.tau["w"]) > 0.5 * spike * 0.01
+
+
+def test_robust_threshold_piece_passes_the_clipped_gradient():
+    tx = optclip.estimate_alpha_moment_threshold(decay=0.5, initial_threshold=None, robust=True)
+    state = tx.init({"w": jnp.zeros(2)})
+    u, state = tx.update({"w": jnp.array([1.0, -2.0])}, state)  # no history: not clipped
+    np.testing.assert_array_equal(u["w"], [1.0, -2.0])
+    u, state = tx.update({"w": jnp.array([100.0, -1.0])}, state)
+    np.testing.assert_allclose(u["w"], [4.0, -1.0])  # 4 x tau_1 = 4; -1 is within 8
+    np.testing.assert_allclose(state.tau["w"], [2.5, 1.5])  # from the clipped gradient
+
+
+def test_robust_with_an_infinite_factor_is_acclip():
+    rng = np.random.default_rng(1)
+    a = optclip.acclip(0.1, robust=True, spike_factor=float("inf"))
+    b = optclip.acclip(0.1)
+    params = {"w": jnp.ones(8)}
+    sa, sb = a.init(params), b.init(params)
+    for _ in range(5):
+        g = {"w": jnp.asarray(rng.normal(size=8) * 100, jnp.float32)}
+        ua, sa = a.update(g, sa, params)
+        ub, sb = b.update(g, sb, params)
+        np.testing.assert_array_equal(ua["w"], ub["w"])
+
+
+def test_robust_and_spike_factor_are_checked_by_name():
+    with pytest.raises(TypeError, match="`robust` must be True or False"):
+        optclip.acclip(0.1, robust=1)
+    with pytest.raises(ValueError, match=r"`spike_factor` must be in \[1, inf\], got 0.5"):
+        optclip.acclip(0.1, robust=True, spike_factor=0.5)
+    with pytest.raises(ValueError, match="`spike_factor`"):
+        optclip.estimate_alpha_moment_threshold(robust=True, spike_factor=-1.0)
