@@ -104,6 +104,11 @@ def variants():
         "grouped(adam)": (grouped(optax.adam(LR)), "optax.adam"),
         "grouped(acclip)": (grouped(optclip.acclip(LR)), "optax.adam"),
         "grouped(generalized_signsgd)": (grouped(optclip.generalized_signsgd(LR)), "optax.adam"),
+        # Spike-robust clipping in front of (or around) Adam, against optax's fixed clip.
+        "zclip+adam": (optax.chain(optclip.zclip(), optax.adam(LR)), "optax.clip_gn+adam"),
+        "adagc+adam": (optax.chain(optclip.adagc(), optax.adam(LR)), "optax.clip_gn+adam"),
+        "skip_step(adam)": (optclip.skip_step(optax.adam(LR)), "optax.clip_gn+adam"),
+        "spam": (optclip.spam(LR), "optax.adam"),
         # The memory-bandwidth yardstick: read and write every parameter once.
         AXPY: (None, None),
     }
@@ -138,6 +143,10 @@ TARGETS = [
     ("generalized_signsgd", TORCH_ADAM, 1.00),
     ("grouped(acclip)", TORCH_ADAM, 1.00),
     ("grouped(generalized_signsgd)", TORCH_ADAM, 1.00),
+    ("zclip+adam", "optax.clip_gn+adam", 1.05),
+    ("skip_step(adam)", "optax.clip_gn+adam", 1.05),
+    ("adagc+adam", "optax.clip_gn+adam", 1.05),
+    ("spam", "optax.adam", 1.10),
 ]
 
 

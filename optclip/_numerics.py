@@ -236,7 +236,7 @@ def _leaf_norms_select(leaves: list[jax.Array]) -> jax.Array:
 def _leaf_norms_cond(leaves: list[jax.Array]) -> jax.Array:
     (sq,) = _leaf_sums(leaves, (None,))
     # A zero leaf's plain sum is exact; any other unusable sum sends every leaf to the rescue.
-    zero = jnp.stack([jnp.all(x == 0) for x in leaves])
+    zero = jnp.stack([jnp.max(jnp.abs(x)) == 0 for x in leaves])
 
     def rescue(leaves):
         leaves = jax.lax.optimization_barrier(leaves)

@@ -108,8 +108,10 @@ def skip_step(
     scale still moves the window, a bound at a time. A non-finite norm or loss
     is never an outlier and never recorded: the NaN reaches ``inner`` and the
     update, so :func:`optax.apply_if_finite` around this wrapper rejects the
-    step (OLMo-core skips it). ``inner`` runs on every step and a select picks
-    its result, which keeps the step free of control flow on accelerators.
+    step (OLMo-core skips it). ``inner`` runs on every step and a select keeps
+    its old state, as :func:`optax.apply_if_finite` does: no control flow on
+    accelerators, and on XLA:CPU the same one parameter-sized temporary as
+    ``apply_if_finite`` (``docs/performance.md``).
 
     Composes with :func:`optax.apply_if_finite` (around it) and
     :class:`optax.MultiSteps` (around it, each micro-batch is tested; inside, each step).
@@ -165,6 +167,7 @@ def skip_step(
         norms = _record(norms, norm, norm_out, norm_bound)
         if value is not None:
             extra_args = dict(extra_args, value=value)
+
         new_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
         new_updates = jax.tree.map(lambda u: jnp.where(skip, jnp.zeros_like(u), u), new_updates)
         inner_state = jax.tree.map(

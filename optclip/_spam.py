@@ -61,8 +61,13 @@ def spike_clip(
     bound = jnp.sqrt(jnp.asarray(threshold, jnp.float32)) * rms
     mag = jnp.abs(g).astype(jnp.float32)
     hit = (mag > bound) & active
-    scaled = g * (bound / jnp.where(hit, mag, 1.0)).astype(g.dtype)
-    return jnp.where(hit, scaled, g), hit
+    if jnp.iscomplexobj(g):  # the modulus to the bound, the phase kept (rule 5)
+        scaled = g * (bound / jnp.where(hit, mag, 1.0)).astype(g.dtype)
+        return jnp.where(hit, scaled, g), hit
+    # For real g, sign(g) min(|g|, bound) is a clip: cheap enough that XLA recomputes it in
+    # each consumer (momentum, second moment) instead of writing the clipped gradient out.
+    bound = jnp.where(active, bound, jnp.inf).astype(g.dtype)
+    return jnp.clip(g, -bound, bound), hit
 
 
 def one_minus_power(decay: Scalar, k: jax.Array) -> jax.Array:

@@ -29,15 +29,20 @@ def test_quick_transformer_demo_trains_on_two_seeds_and_saves_its_own_plot(
     monkeypatch.setattr(demo, "train_transformer", train_transformer)
     assert demo.main(["--quick", "--no-progress", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    for name in ("adam", "acclip", "sgd_momentum", "gclip", "mean ± std", "seeds 0-1", "Reading:"):
+    for name in ("adam", "clip+adam", "zclip+adam", "kept training", "seeds 0-1", "Reading:"):
         assert name in out
+    assert f"optclip recommends {demo.RECOMMENDED}" in out
     # A quick run must not overwrite the full run's plot.
     assert (tmp_path / "demo_loss_quick.png").stat().st_size > 1000
     assert not (tmp_path / "demo_loss.png").exists()
     ((_, rows, curves),) = trained
-    assert [r["name"] for r in rows] == ["adam", "acclip", "sgd_momentum", "gclip"]
+    assert [r["name"] for r in rows] == ["adam", "clip+adam", demo.RECOMMENDED, "acclip"]
+    by = {r["name"]: r for r in rows}
+    # The point of the demo: 1e4 spikes stall Adam; a clip of the raw gradient first does not.
+    assert not demo.survives(by["adam"]) and demo.survives(by["clip+adam"])
+    assert np.mean(by["adam"]["val_spiked"]) > np.mean(by["adam"]["val"]) + 0.1
     for row in rows:
-        assert row["val"].shape == (2,)
+        assert row["val"].shape == row["val_spiked"].shape == (2,)
         assert row["val"][0] != row["val"][1]  # two seeds, two runs
         assert np.all(row["val"] < 4.85), row  # below the uniform-guess loss log(128) = 4.85
         assert curves[row["name"]][-1] < curves[row["name"]][0], row["name"]

@@ -137,25 +137,36 @@ class Task:
 
 
 def train_seeds(
-    task: Task, tx: optax.GradientTransformation, seeds, steps: int, grad_hook=None, track=None
+    task: Task,
+    tx: optax.GradientTransformation,
+    seeds,
+    steps: int,
+    grad_hook=None,
+    track=None,
+    grad_scales=None,
 ):
     """Trains one model per seed (vmapped); returns (val_loss[seeds], train_loss[seeds, steps],
     tracked[seeds, steps]) where ``tracked`` is ``track(opt_state)`` each step (NaN if None).
 
-    ``grad_hook(step, grads)`` may rewrite gradients (e.g. inject spikes).
+    ``grad_hook(step, grads)`` may rewrite gradients (e.g. inject spikes); ``grad_scales``, an
+    array ``[len(seeds), steps]``, multiplies each run's gradient at each step (spikes that
+    differ between runs of the same program).
     """
     params = [task.init_params(s) for s in seeds]
     params = jax.tree.map(lambda *x: jnp.stack(x), *params)
     starts = jnp.stack([task.batch_starts(s, steps) for s in seeds])
     val_starts = task.val_starts()
+    scales = jnp.ones((len(seeds), steps)) if grad_scales is None else jnp.asarray(grad_scales)
 
-    def one(params, starts):
+    def one(params, starts, scales):
         opt_state = tx.init(params)
 
         def step(carry, inp):
             params, opt_state = carry
-            k, s = inp
+            k, s, scale = inp
             loss, grads = jax.value_and_grad(task.loss)(params, task.train, s)
+            if grad_scales is not None:
+                grads = jax.tree.map(lambda g: g * scale, grads)
             if grad_hook is not None:
                 grads = grad_hook(k, grads)
             updates, opt_state = tx.update(grads, opt_state, params)
@@ -164,11 +175,11 @@ def train_seeds(
             return (params, opt_state), (loss, stat)
 
         (params, _), (losses, stats) = jax.lax.scan(
-            step, (params, opt_state), (jnp.arange(steps), starts)
+            step, (params, opt_state), (jnp.arange(steps), starts, scales)
         )
         val = jax.lax.map(lambda s: task.loss(params, task.val, s), val_starts).mean()
         return val, losses, stats
 
-    val, losses, stats = jax.jit(jax.vmap(one))(params, starts)
+    val, losses, stats = jax.jit(jax.vmap(one))(params, starts, scales)
     val = np.asarray(val)
     return np.where(np.isfinite(val), val, np.inf), np.asarray(losses), np.asarray(stats)
