@@ -108,10 +108,8 @@ def skip_step(
     scale still moves the window, a bound at a time. A non-finite norm or loss
     is never an outlier and never recorded: the NaN reaches ``inner`` and the
     update, so :func:`optax.apply_if_finite` around this wrapper rejects the
-    step (OLMo-core skips it). ``inner`` runs on every step and a select keeps
-    its old state, as :func:`optax.apply_if_finite` does: no control flow on
-    accelerators, and on XLA:CPU the same one parameter-sized temporary as
-    ``apply_if_finite`` (``docs/performance.md``).
+    step (OLMo-core skips it). ``inner`` runs every step; a select keeps its
+    old state, as in :func:`optax.apply_if_finite` (no control flow).
 
     Composes with :func:`optax.apply_if_finite` (around it) and
     :class:`optax.MultiSteps` (around it, each micro-batch is tested; inside, each step).

@@ -234,3 +234,40 @@ def test_stdlib_corpus_excludes_tests_and_splits_by_file(tmp_path):
     assert bytes(corpus.train.astype("uint8")) == b"a.pypkg/b.py" + b"".join(
         b"%d" % i for i in range(10) if i != 7
     )
+
+
+@pytest.mark.slow
+def test_spikes_quick_mode(tmp_path):
+    """The spike benchmark end to end on the tiny model: every method meets every scenario in
+    one program, runs part only at the injected steps, apply_if_finite makes a non-finite
+    gradient harmless, and the readings of E7 hold in miniature (checked on seeds 0-2 and 3-5)."""
+    spikes = _load("spikes")
+    spikes.main(["--quick", "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "spikes.json").read_text())
+    table, runs, first = data["table"], data["runs"], data["spike_steps"][0]
+    assert set(table) == set(spikes.METHODS) and data["seeds"] == [0, 1, 2]
+    per_method = (len(spikes.SCENARIOS) + len(spikes.SWEEP)) * 3
+    assert len(runs) == len(spikes.METHODS) * per_method
+    assert all(len(r["train_loss"]) == data["steps"] for r in runs)
+    clean = {
+        (r["method"], r["seed"]): r for r in runs if (r["scenario"], r["lr_mult"]) == ("clean", 1)
+    }
+    for name, rows in table.items():
+        assert set(rows) == set(spikes.SCENARIOS), name
+        # From ln 256 = 5.55 nats, every method has learned something in 40 steps.
+        assert rows["clean"]["mean"] < 5.0 and rows["clean"]["delta"] == 0.0, name
+        # apply_if_finite skips the three non-finite steps, and nothing else.
+        assert rows["non-finite"]["mean"] is not None and rows["non-finite"]["survives"], name
+    for r in runs:
+        if r["lr_mult"] == 1.0:
+            # Same seed, same batches: identical until the first corrupted update lands.
+            c = clean[r["method"], r["seed"]]
+            assert r["train_loss"][: first + 1] == c["train_loss"][: first + 1], r["method"]
+            if r["scenario"] in ("clean", "non-finite"):  # skipped: the injected steps only
+                assert r["nonfinite_steps"] == (3 if r["scenario"] == "non-finite" else 0)
+    # A x1e6 spike hurts Adam (its second moment remembers it) and not clip(1)+Adam.
+    assert table["adam"]["x1e6"]["delta"] > table["clip(1)+adam"]["x1e6"]["delta"] + 0.1
+    # The printed ACClip rule learns its threshold from the spike; the robust form does not.
+    assert not table["acclip"]["x1e4"]["survives"]
+    assert table["acclip(robust)"]["x1e4"]["survives"]
+    assert (tmp_path / "spikes.png").exists() == spikes.available()

@@ -1,0 +1,70 @@
+"""The configuration of ``spikes.py``: the methods, their warm-ups scaled to the run, and the
+corruptions (kept apart so the benchmark's module stays one job: training and reporting)."""
+
+from __future__ import annotations
+
+import math
+
+import optax
+
+import optclip
+
+# Warm-ups and windows, scaled to the run: (default, the fraction of the run it may take).
+WINDOWS = {"zclip_warmup": (25, 0.1), "adagc_warmup": (100, 0.1), "skip_window": (128, 0.2)}
+SPAM = dict(interval=500, warmup_steps=150, spike_free_steps=20)  # the interval <= a third
+AGC_CLIPPING = 0.01  # NFNets' unit-wise ratio for large batches (Brock et al. 2021)
+
+
+def windows(steps: int) -> dict:
+    """Each default length, cut to its fraction of a short run; SPAM's reset interval to a third
+    of it, its warm-up and spike-free steps keeping their ratio to the interval."""
+    w = {k: min(d, max(2, int(steps * f))) for k, (d, f) in WINDOWS.items()}
+    r = min(SPAM["interval"], max(3, steps // 3)) / SPAM["interval"]
+    w.update({f"spam_{k}": max(int(k != "warmup_steps"), int(v * r)) for k, v in SPAM.items()})
+    return w
+
+
+def guarded(guard):
+    """``guard(windows)`` chained in front of Adam."""
+    return lambda s, w: optax.chain(guard(w), optax.adam(s))
+
+
+METHODS = {  # name: (factory of a unit-peak schedule and the windows, peak lr)
+    "adam": (lambda s, w: optax.adam(s), 0.01),
+    "clip(1)+adam": (guarded(lambda w: optclip.clip_by_global_norm(1.0)), 0.01),
+    "zclip+adam": (guarded(lambda w: optclip.zclip(warmup_steps=w["zclip_warmup"])), 0.01),
+    "adagc+adam": (guarded(lambda w: optclip.adagc(warmup_steps=w["adagc_warmup"])), 0.01),
+    "spam": (lambda s, w: optclip.spam(s, **{k: w["spam_" + k] for k in SPAM}), 0.01),
+    "skip-step adam": (lambda s, w: optclip.skip_step(optax.adam(s), w["skip_window"]), 0.01),
+    "agc+adam": (guarded(lambda w: optax.adaptive_grad_clip(AGC_CLIPPING)), 0.01),
+    "acclip": (lambda s, w: optclip.acclip(s), 1.0),
+    "acclip(robust)": (lambda s, w: optclip.acclip(s, robust=True), 1.0),
+    "acclip(rms)": (lambda s, w: optclip.acclip(s, rms_scale=True), 0.01),
+    "acclip(rms, robust)": (lambda s, w: optclip.acclip(s, rms_scale=True, robust=True), 0.01),
+    "generalized_signsgd": (lambda s, w: optclip.generalized_signsgd(s), 0.001),
+}
+ADAPTIVE = ["zclip+adam", "adagc+adam", "spam", "skip-step adam"] + [
+    m for m in METHODS if m.startswith("acclip")
+]
+BASELINE = "clip(1)+adam"
+SCENARIOS = {  # name: (factor, which steps, one tensor only)
+    "clean": (1.0, "spikes", False),
+    "x1e1": (1e1, "spikes", False),
+    "x1e2": (1e2, "spikes", False),
+    "x1e4": (1e4, "spikes", False),
+    "x1e6": (1e6, "spikes", False),
+    "one tensor x1e4": (1e4, "spikes", True),
+    "burst x1e4": (1e4, "burst", False),
+    "non-finite": (math.inf, "spikes", False),  # inf times the gradient: inf, and NaN at zeros
+}
+# The lr sweep: clean runs at these multiples of the peak lr (and at 1: the clean scenario).
+SWEEP = (1 / 3, 3.0, 10.0, 30.0, 100.0)
+SPIKE_AT, BURST = (0.35, 0.5, 0.65), 5  # fractions of the run; the burst starts at the middle
+EXCESS, TOLERANCE = 0.5, 0.05  # a loss spike; the recovered excess (nats)
+MAX_ERRORS = 10**6  # apply_if_finite never gives up
+
+
+def spike_steps(steps: int, kind: str) -> list[int]:
+    if kind == "burst":
+        return list(range(int(SPIKE_AT[1] * steps), int(SPIKE_AT[1] * steps) + BURST))
+    return [int(f * steps) for f in SPIKE_AT]
