@@ -111,8 +111,7 @@ def skip_step(
     step (OLMo-core skips it). ``inner`` runs every step; a select keeps its
     old state, as in :func:`optax.apply_if_finite` (no control flow).
 
-    Composes with :func:`optax.apply_if_finite` (around it) and
-    :class:`optax.MultiSteps` (around it, each micro-batch is tested; inside, each step).
+    Composes with :func:`optax.apply_if_finite` and :class:`optax.MultiSteps` (tested).
 
     Args:
       inner: the optimizer to guard.
@@ -122,11 +121,9 @@ def skip_step(
         ``[2, window]``; ``window // 2`` if ``None``.
 
     Returns:
-      An :class:`optax.GradientTransformationExtraArgs` with state :class:`SkipStepState`;
-      ``update(grads, state, params, value=loss)`` also watches the loss.
+      An :class:`optax.GradientTransformationExtraArgs` (state :class:`SkipStepState`).
 
-    References:
-      OLMo-core's ``SkipStepAdamW``; Levanter's skip-step; MaxText's skip on spikes.
+    References: OLMo-core's ``SkipStepAdamW``; Levanter's skip-step; MaxText's skip on spikes.
 
     Example:
       >>> import jax.numpy as jnp, optax, optclip
@@ -142,11 +139,13 @@ def skip_step(
     inner = optax.with_extra_args_support(inner)
 
     def init_fn(params):
-        empty = jnp.zeros([window], jnp.float32)
-        zero_i, zero_f = jnp.zeros([], jnp.int32), jnp.zeros([], jnp.float32)
-        return SkipStepState(
-            zero_i, zero_i, zero_f, zero_f, empty, zero_i, empty, zero_i, inner.init(params)
+        # A new array per field: a donated state may not hold one buffer twice.
+        i, f, w = (
+            (lambda: jnp.zeros([], jnp.int32)),
+            (lambda: jnp.zeros([], jnp.float32)),
+            (lambda: jnp.zeros([window], jnp.float32)),
         )
+        return SkipStepState(i(), i(), f(), f(), w(), i(), w(), i(), inner.init(params))
 
     def update_fn(updates, state, params=None, *, value=None, **extra_args):
         _gradient_checks.check_dtypes(updates)

@@ -19,6 +19,13 @@ CLIP_OPTIONS = ("adaptive_scaling", "mean")
 _TORCH_NORM_EPS = 1e-6
 
 
+def _init(params) -> ZClipState:
+    del params
+    # A new array per field: a donated state may not hold one buffer twice.
+    zero = lambda: jnp.zeros([], jnp.float32)
+    return ZClipState(jnp.zeros([], jnp.int32), zero(), zero(), zero(), zero(), zero())
+
+
 def _threshold(norm, mean, std, mode, clip_option, z_thresh, eps, clip_factor):
     """The adaptive threshold and whether ``norm`` is a spike (after warm-up)."""
     if mode == "percentile":
@@ -200,15 +207,10 @@ def zclip(
     _checks.check_positive("clip_factor", clip_factor)
     _checks.check_flag("skip_update_on_spike", skip_update_on_spike)
 
-    def init_fn(params):
-        del params
-        zero = jnp.zeros([], jnp.float32)
-        return ZClipState(jnp.zeros([], jnp.int32), zero, zero, zero, zero, zero)
-
     update_fn = functools.partial(
         _update,
         hp=dict(alpha=alpha, z_thresh=z_thresh, max_grad_norm=max_grad_norm, eps=eps,
                 warmup_steps=warmup_steps, mode=mode, clip_option=clip_option,
                 clip_factor=clip_factor, skip_update_on_spike=skip_update_on_spike),
     )  # fmt: skip
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformation(_init, update_fn)

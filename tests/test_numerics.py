@@ -67,6 +67,9 @@ GLOBAL_NORM = {
     "clip_momentum_sgd",
     "gclip_tau0",
     "drop_in_clip_tau0",
+    "zclip_adam",
+    "adagc_adam",
+    "skip_step_adam",
 }
 FORMS = ("cond", "select")
 

@@ -70,6 +70,12 @@ class TestContract:
             if jnp.issubdtype(leaf.dtype, jnp.floating):
                 assert leaf.dtype == jnp.float32
 
+    def test_a_donated_state_holds_no_buffer_twice(self, case):
+        # jax refuses to donate one buffer twice: every state leaf must be its own array.
+        state = case.make().init(jax.tree.map(jnp.asarray, initial_params()))
+        leaves = jax.tree.leaves(state)
+        assert len({id(x) for x in leaves}) == len(leaves)
+
     def test_traces_once(self, case):
         chex.clear_trace_counter()
         tx = case.make()
