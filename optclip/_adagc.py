@@ -134,7 +134,7 @@ def adagc(
         total = sum(jnp.size(g) for g in flat_g)
         if not results:
             return updates, state._replace(count=optax.safe_increment(state.count))
-        return treedef.unflatten([r[0] for r in results]), AdaGCState(
+        return jax.tree.unflatten(treedef, [r[0] for r in results]), AdaGCState(
             count=optax.safe_increment(state.count),
             gamma=jnp.stack([r[1] for r in results]),
             norms=norms,

@@ -121,8 +121,10 @@ def acclip(
       >>> optax.apply_updates(params, updates)["w"].tolist()
       [0.9800000190734863, 0.9800000190734863, 0.9800000190734863]
     """
-    flags = dict(rms_scale=rms_scale, robust=robust, spike_factor=spike_factor)
-    direction = scale_by_acclip(b1, b2, alpha, eps, initial_threshold, mu_dtype, **flags)
+    direction = scale_by_acclip(
+        b1, b2, alpha, eps, initial_threshold, mu_dtype,
+        rms_scale=rms_scale, robust=robust, spike_factor=spike_factor,
+    )  # fmt: skip
     return _finish(direction, learning_rate, weight_decay, mask)
 
 

@@ -262,7 +262,7 @@ def leaf_norms(tree: chex.ArrayTree) -> chex.ArrayTree:
         norms = jax.lax.platform_dependent(leaves, cpu=_leaf_norms_cond, default=_leaf_norms_select)
     else:
         norms = (_leaf_norms_cond if form == "cond" else _leaf_norms_select)(leaves)
-    return treedef.unflatten(list(norms))
+    return jax.tree.unflatten(treedef, list(norms))
 
 
 def momentum_zeros(params: optax.Params, dtype: jax.typing.DTypeLike) -> optax.Updates:

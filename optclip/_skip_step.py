@@ -67,7 +67,7 @@ def _record(window: _Window, x: jax.Array, outlier: jax.Array, bound: jax.Array)
     return _Window(values, jnp.where(finite, window.seen + 1, window.seen))
 
 
-def _check(window: object, sigma_factor: object, min_history: object) -> int:
+def _check(window: object, sigma_factor: object, min_history: int | None) -> int:
     """Validates the arguments; returns the history needed before any skip."""
     if not isinstance(window, int) or isinstance(window, bool):
         raise TypeError(
@@ -78,7 +78,7 @@ def _check(window: object, sigma_factor: object, min_history: object) -> int:
     _checks.check_positive("sigma_factor", sigma_factor)
     history = max(2, window // 2) if min_history is None else min_history
     _checks.check_count("min_history", history, lo=2)
-    if _checks.static_value(history) is not None and history > window:
+    if isinstance(history, int) and isinstance(window, int) and history > window:
         raise ValueError(f"`min_history` must be in [2, {window}] (the window), got {history!r}.")
     return history
 

@@ -54,9 +54,9 @@ def clip_fraction(opt_state: optax.OptState) -> jax.Array:
     state = find_state(opt_state, _COORDINATE_STATES + _WHOLE_STATES)
     if isinstance(state, _WHOLE_STATES):
         return state.clipped
-    if state is None:
-        raise ValueError(
-            "`opt_state` holds no ACClip, coordinate-wise clipping, SPAM, ZClip or AdaGC "
-            "state to read a clip fraction from."
-        )
-    return state.clip_fraction
+    if isinstance(state, _COORDINATE_STATES):
+        return state.clip_fraction
+    raise ValueError(
+        "`opt_state` holds no ACClip, coordinate-wise clipping, SPAM, ZClip or AdaGC "
+        "state to read a clip fraction from."
+    )

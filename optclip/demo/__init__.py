@@ -262,7 +262,7 @@ def _save_curves(curves, path):
     if not _can_plot():
         return None
     fig, ax = pyplot().subplots(figsize=(6.5, 4))
-    colors = {}
+    colors: dict[str, str] = {}
     for name, c in curves.items():
         w = max(1, len(c) // 40)
         base = name.removesuffix(", spiked")
