@@ -155,6 +155,19 @@ TARGETS = [
 QUICK_MODEL_VARIANTS = ("optax.adam", "acclip", "grouped(acclip)")
 
 
+def chosen(names: str | None) -> dict:
+    """The variants named (all if ``None``), their counterparts, and the bandwidth yardstick."""
+    every = variants()
+    if names is None:
+        return every
+    keep = {AXPY, *names.split(",")}
+    unknown = keep - set(every)
+    if unknown:
+        raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {', '.join(every)}")
+    keep |= {every[k][1] for k in keep if every[k][1] in every}
+    return {k: v for k, v in every.items() if k in keep}
+
+
 def trees(scale: float, n: int, names) -> dict[str, dict[str, tuple[int, ...]]]:
     """Tree name -> {leaf path: shape}: one leaf of ``n`` and the model layouts at ``scale``."""
     out = {}
@@ -361,6 +374,10 @@ def main(argv=None):
     )
     ap.add_argument("--sizes", help="comma-separated N for the scaling table (default 1e5,1e6,1e7)")
     ap.add_argument("--torch-device", default="cuda", help="'cuda', 'cpu', or '' for none")
+    ap.add_argument(
+        "--variants",
+        help="comma-separated variants to time, with their counterparts (default: all)",
+    )
     ap.add_argument("--out", default="out/benchmarks")
     args = ap.parse_args(argv)
     n, reps, scale, tree_names = int(args.n), args.reps, args.scale, args.trees.split(",")
@@ -381,7 +398,7 @@ def main(argv=None):
     print(f"machine: {machine}")
     results = dict(n=n, reps=reps, inner=args.inner, scale=scale, machine=machine, trees={})
     for name, shapes in trees(scale, n, tree_names).items():
-        specs = variants()
+        specs = chosen(args.variants)
         if args.quick and len(shapes) > 1:  # compiling many-leaf programs dominates
             specs = {k: v for k, v in specs.items() if k in QUICK_MODEL_VARIANTS}
         result = measure_tree(specs, shapes, reps, args.inner, args.torch_device, args.loop)

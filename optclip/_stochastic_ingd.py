@@ -48,6 +48,31 @@ class StochasticIngdState(NamedTuple):
     momentum_norm: jax.Array
 
 
+def _output(state, m, updates, b, first, step, in_place):
+    """``c_t m_{t-1} - u_t eta_t m_t`` (``step = u_t eta_t``), in the updates' dtypes."""
+    c = state.offset_scale
+    if not in_place:
+        return jax.tree.map(
+            lambda mu_old, mu, g: (c * mu_old - step * mu).astype(g.dtype),
+            state.momentum,
+            m,
+            updates,
+        )
+    # m_{t-1} = (m_t - (1 - b) g_t) / b, so the output needs only m_t and g_t: the step writes
+    # m_t over m_{t-1} without keeping a copy (docs/design.md). The first step has c_1 = 0 and
+    # b = 0: its output is -step m_1, which the wheres keep exact.
+    safe_b = jnp.where(first, 1.0, b)
+    a = jnp.where(first, 0.0, c / safe_b) - step
+    g_scale = jnp.where(first, 0.0, -c * (1.0 - b) / safe_b)
+    return jax.tree.map(
+        lambda mu, g: (a * mu + g_scale * g.astype(mu.dtype)).astype(g.dtype), m, updates
+    )
+
+
+# The smallest beta whose step reconstructs the old momentum instead of keeping it.
+IN_PLACE_MIN_BETA = 0.5
+
+
 def scale_by_stochastic_ingd(
     p: Scalar = 1.0, q: Scalar = 10.0, beta: Scalar = 0.9, *, key: KeyLike = 0
 ) -> optax.GradientTransformation:
@@ -64,6 +89,15 @@ def scale_by_stochastic_ingd(
     ``y_{t+1}``. Every step moves the iterate by at most ``1/p``. One scalar
     ``u_t`` serves the whole pytree: the interpolation point lies on the segment
     in parameter space.
+
+    Memory: the output ``c_t m_{t-1} - u_t eta_t m_t`` needs the old momentum
+    after the new one exists, which made XLA:CPU copy ``m_{t-1}`` aside every
+    step (a parameter-sized temporary). For a known ``beta >= 1/2`` the step
+    instead writes ``m_t`` in place and forms the output from ``m_t`` and
+    ``g_t``, since ``m_{t-1} = (m_t - (1 - beta) g_t) / beta``: no temporary,
+    Adam's 24 bytes of traffic per parameter, the same iterates to float32
+    rounding. A smaller, zero or traced ``beta`` keeps the direct form
+    (``docs/performance.md``).
 
     Args:
       p: ``> 0``; ``1/p`` bounds the distance between iterates.
@@ -85,6 +119,10 @@ def scale_by_stochastic_ingd(
     _checks.check_nonnegative("q", q)
     _checks.check_decay("beta", beta)
     data, impl = key_data(key)
+    # The in-place form divides by beta, which loses about log2(1/beta) bits: it serves a known
+    # beta of at least 1/2; a smaller, zero or traced beta takes the form that keeps m_{t-1}.
+    known = _checks.static_value(beta)
+    in_place = known is not None and known >= IN_PLACE_MIN_BETA
 
     def init_fn(params):
         zeros = momentum_zeros(params, jnp.float32)
@@ -111,12 +149,7 @@ def scale_by_stochastic_ingd(
         u = jax.random.uniform(step_key, (), jnp.float32)
         # x_{t+1} - x_t = -inv m_t; y_{t+1} - y_t = (x_t - y_t) + u (x_{t+1} - x_t), where
         # x_t - y_t = c_t m_{t-1}; and x_{t+1} - y_{t+1} = -(1 - u) inv m_t.
-        out = jax.tree.map(
-            lambda mu_old, mu, g: (state.offset_scale * mu_old - u * inv * mu).astype(g.dtype),
-            state.momentum,
-            m,
-            updates,
-        )
+        out = _output(state, m, updates, b, first, u * inv, in_place)
         return out, StochasticIngdState(
             count=optax.safe_increment(state.count),
             momentum=optax.tree.cast_like(m, state.momentum),

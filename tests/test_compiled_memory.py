@@ -65,6 +65,7 @@ PAIRS = {
     "adagc+adam": (optax.chain(optclip.adagc(), ADAM), ADAM),
     "acclip(robust)": (optclip.acclip(1e-3, robust=True), ADAM),
     "acclip(rms, robust)": (optclip.acclip(1e-3, rms_scale=True, robust=True), ADAM),
+    "stochastic_ingd": (optclip.stochastic_ingd(), ADAM),
     "skip_step(adam)": (optclip.skip_step(ADAM), ADAM),
     "spam": (optclip.spam(1e-3), ADAM),
 }
@@ -85,6 +86,13 @@ def test_no_parameter_sized_temporary_beyond_the_inner_optimizers(name, tree):
     # Scalars (and skip_step's window) aside: under 5% of the parameters' bytes, where the
     # smallest large leaf of either tree is over 25%.
     assert extra < 0.05 * _param_bytes(params), (name, tree, extra, _param_bytes(params))
+
+
+def test_stochastic_ingd_with_a_small_beta_keeps_its_copy_which_the_test_would_see():
+    # beta < 1/2 takes the direct form: it keeps m_{t-1} beside m_t, a parameter-sized copy.
+    params = TREES["one leaf"]
+    extra = temp_bytes(optclip.stochastic_ingd(beta=0.3), params) - temp_bytes(ADAM, params)
+    assert extra >= _param_bytes(params)
 
 
 def test_skip_step_copies_no_more_than_optax_apply_if_finite_on_one_leaf():
