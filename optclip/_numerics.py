@@ -233,26 +233,11 @@ def _leaf_norms_select(leaves: list[jax.Array]) -> jax.Array:
     return jnp.where(_usable(sq), jnp.sqrt(sq), _rescued(sq, down, up))
 
 
-def _square_sum_and_max(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``sum |x|^2`` and ``max |x|`` of one leaf in float32, in one reduction (one read)."""
-    parts = _magnitudes(x)
-    sq, top = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)
-    for part in parts:
-        s, m = jax.lax.reduce(
-            (jnp.square(part), jnp.abs(part)),
-            (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)),
-            lambda a, b: (a[0] + b[0], jnp.maximum(a[1], b[1])),
-            tuple(range(part.ndim)),
-        )
-        sq, top = sq + s, jnp.maximum(top, m)
-    return sq, top
-
-
 def _leaf_norms_cond(leaves: list[jax.Array]) -> jax.Array:
-    sums = [_square_sum_and_max(x) for x in leaves]
-    sq = jnp.stack([s for s, _ in sums])
-    # A zero leaf's plain sum is exact; any other unusable sum sends every leaf to the rescue.
-    zero = jnp.stack([m == 0 for _, m in sums])
+    (sq,) = _leaf_sums(leaves, (None,))
+    # A zero sum is taken as a zero leaf (else a model with one all-zero leaf would run the
+    # rescue every step); any other unusable sum sends every leaf to the rescue.
+    zero = sq == 0
 
     def rescue(leaves):
         leaves = jax.lax.optimization_barrier(leaves)
@@ -267,7 +252,10 @@ def leaf_norms(tree: chex.ArrayTree) -> chex.ArrayTree:
     Each is what :func:`global_norm` gives for that leaf alone (same guarantees, same
     ``OPTCLIP_GLOBAL_NORM`` forms), with one decision for the whole tree: the rescaled sums
     run for every leaf when any nonzero leaf's plain sum is unusable, so a tree costs one
-    ``lax.cond``, not one per leaf.
+    ``lax.cond``, not one per leaf. One exception, in the ``cond`` form: a leaf whose every
+    entry is below about ``3.7e-23`` in magnitude (all its squares flush to zero) has norm 0
+    there, where :func:`global_norm` would give its tiny norm; a leaf that is exactly zero is
+    then told apart from a rescue case without a second read of every leaf.
     """
     flat, treedef = jax.tree.flatten(tree)
     leaves = _leaves(flat)

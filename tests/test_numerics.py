@@ -396,3 +396,23 @@ def test_acclip_on_complex_keeps_complex_momentum_and_a_real_threshold():
         assert state.mu[k].dtype == np.complex64 and state.tau[k].dtype == np.float32
         np.testing.assert_allclose(state.mu[k], 0.5 * v, rtol=1e-6)
         np.testing.assert_allclose(state.tau[k], 0.5 * 1.0 + 0.5 * np.abs(v), rtol=1e-6)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_leaf_norms_are_each_leafs_global_norm(form, monkeypatch):
+    monkeypatch.setenv(NORM_FORM_VARIABLE, form)
+    tree = {
+        "ordinary": jnp.array([3.0, 4.0]),
+        "zero": jnp.zeros(3),
+        "huge": jnp.full(4, 3e38),
+        "small": jnp.full(4, 1e-20),
+        "complex": jnp.array([3 + 4j, 0j], jnp.complex64),
+        "half": jnp.full(8, 60000.0, jnp.float16),
+    }
+    norms = jax.jit(optclip._numerics.leaf_norms)(tree)
+    for name, leaf in tree.items():
+        np.testing.assert_allclose(norms[name], optclip.global_norm(leaf), rtol=1e-6, err_msg=name)
+    assert np.isnan(optclip._numerics.leaf_norms({"a": jnp.array([np.nan]), "b": jnp.ones(2)})["a"])
+    # The cond form's one exception: every square flushed reads as a zero leaf.
+    flushed = optclip._numerics.leaf_norms({"tiny": jnp.full(4, 1e-24), "b": jnp.ones(2)})["tiny"]
+    assert float(flushed) == (0.0 if form == "cond" else pytest.approx(2e-24, rel=1e-5))
