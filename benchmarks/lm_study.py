@@ -413,12 +413,16 @@ def main(argv=None):
     result["table"] = summarize(result["runs"])
     result["verdicts"] = verdicts(result["table"], result["noise"])
     print_report(result)
-    out = Path(args.out)
+    return write(result, Path(args.out), "lm_study", plot)
+
+
+def write(result: dict, out: Path, name: str, draw) -> dict:
+    """``out``/``name``.json (strict JSON) and ``name``.png from ``draw(result, path)``."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "lm_study.json").write_text(json.dumps(_json_safe(result), indent=1))
-    png = plot(result, out / "lm_study.png")
+    (out / f"{name}.json").write_text(json.dumps(_json_safe(result), indent=1))
+    png = draw(result, out / f"{name}.png")
     print(
-        f"\n{result['total_seconds']:.0f} s; wrote {out / 'lm_study.json'}"
+        f"\n{result['total_seconds']:.0f} s; wrote {out / f'{name}.json'}"
         + (f" and {png}" if png else "")
     )
     return result

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import re
 import sys
@@ -434,15 +433,7 @@ def main(argv=None):
     result["total_seconds"] = time.perf_counter() - start
     result["verdicts"] = verdicts(result["table"])
     print_report(result)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "spikes.json").write_text(json.dumps(lm_study._json_safe(result)))
-    png = plot(result, out / "spikes.png")
-    print(
-        f"\n{result['total_seconds']:.0f} s; wrote {out / 'spikes.json'}"
-        + (f" and {png}" if png else "")
-    )
-    return result
+    return lm_study.write(result, Path(args.out), "spikes", plot)
 
 
 if __name__ == "__main__":

@@ -70,6 +70,21 @@ def spike_clip(
     return jnp.clip(g, -bound, bound), hit
 
 
+def reset_and_clip(updates, rms, count, threshold, b2, interval, spike_free_steps):
+    """SPAM's second moment: reset on schedule, the spike clip against it, then its update.
+
+    Returns the clipped updates, where they were clipped, the new ``sqrt(v)`` and the factor
+    (0 or 1) that resets the other moments.
+    """
+    keep = 1.0 - reset_now(count, interval).astype(jnp.float32)
+    active = clip_on(count, interval, spike_free_steps, threshold)
+    rms = jax.tree.map(lambda r: r * keep, rms)
+    clip = lambda g, r: spike_clip(g, r, threshold, active)
+    clipped, hits = unzip(jax.tree.map(clip, updates, rms), updates)
+    rms = jax.tree.map(lambda r, g: alpha_moment_update(r, g, b2, 2.0), rms, clipped)
+    return clipped, hits, rms, keep
+
+
 def one_minus_power(decay: Scalar, k: jax.Array) -> jax.Array:
     """``1 - decay^k`` as ``-expm1(k log decay)``, with ``log decay`` in double precision when
     ``decay`` is a Python number: the same rounding as the EMA weights ``1 - decay`` it
@@ -183,15 +198,11 @@ def scale_by_spam(
     def update_fn(updates, state, params=None):
         del params
         _gradient_checks.check_like(updates, state.mu, "the first moment")
-        keep = 1.0 - reset_now(state.count, interval).astype(jnp.float32)
-        active = clip_on(state.count, interval, spike_free_steps, threshold)
-        mu = jax.tree.map(lambda m: m * keep.astype(m.dtype), state.mu)
-        rms = jax.tree.map(lambda r: r * keep, state.rms)
-        grads, hits = unzip(
-            jax.tree.map(lambda g, r: spike_clip(g, r, threshold, active), updates, rms), updates
+        grads, hits, rms, keep = reset_and_clip(
+            updates, state.rms, state.count, threshold, b2, interval, spike_free_steps
         )
+        mu = jax.tree.map(lambda m: m * keep.astype(m.dtype), state.mu)
         mu = jax.tree.map(lambda g, m: ema_update(g, m, b1), grads, mu)
-        rms = jax.tree.map(lambda r, g: alpha_moment_update(r, g, b2, 2.0), rms, grads)
         k = optax.safe_increment(state.count)
         step = reset_warmup_scale(state.count, interval, warmup_steps) * (
             jnp.sqrt(one_minus_power(b2, k)) / one_minus_power(b1, k)

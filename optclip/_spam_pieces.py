@@ -9,10 +9,8 @@ import jax.numpy as jnp
 import optax
 
 from optclip import _checks, _gradient_checks
-from optclip._acclip_threshold import alpha_moment_update
 from optclip._numerics import fraction_true
-from optclip._spam import clip_on, reset_now, reset_warmup_scale, spike_clip
-from optclip._trees import unzip
+from optclip._spam import reset_and_clip, reset_now, reset_warmup_scale
 from optclip._types import Scalar
 
 
@@ -74,13 +72,9 @@ def clip_by_second_moment(
     def update_fn(updates, state, params=None):
         del params
         _gradient_checks.check_like(updates, state.rms, "the second moment")
-        keep = 1.0 - reset_now(state.count, interval).astype(jnp.float32)
-        active = clip_on(state.count, interval, spike_free_steps, threshold)
-        rms = jax.tree.map(lambda r: r * keep, state.rms)
-        out, hits = unzip(
-            jax.tree.map(lambda g, r: spike_clip(g, r, threshold, active), updates, rms), updates
+        out, hits, rms, _ = reset_and_clip(
+            updates, state.rms, state.count, threshold, b2, interval, spike_free_steps
         )
-        rms = jax.tree.map(lambda r, g: alpha_moment_update(r, g, b2, 2.0), rms, out)
         return out, ClipBySecondMomentState(
             count=optax.safe_increment(state.count),
             rms=optax.tree.cast_like(rms, state.rms),
