@@ -103,7 +103,11 @@ CONSTRUCTION = [
     (lambda: optclip.spam(1e-3, interval=0), ValueError, ["`interval`", "[1, inf)", "0"]),
     (lambda: optclip.spam(1e-3, warmup_steps=-1), ValueError, ["`warmup_steps`", "[0, inf)"]),
     (lambda: optclip.spam(1e-3, spike_free_steps=1.5), TypeError, ["`spike_free_steps`", "1.5"]),
-    (lambda: optclip.spam(1e-3, mu_dtype=jnp.int8), TypeError, ["`mu_dtype`", "floating"]),
+    (
+        lambda: optclip.spam(1e-3, mu_dtype=jnp.int8),
+        TypeError,
+        ["`mu_dtype`", "a floating dtype", "int8"],
+    ),
     (lambda: optclip.clip_by_second_moment(b2=1.0), ValueError, ["`b2`", "[0, 1)"]),
     (lambda: optclip.reset_periodically(optax.adam(0.1), 0), ValueError, ["`interval`", "0"]),
     (lambda: optclip.scale_by_reset_warmup(warmup_steps="5"), TypeError, ["`warmup_steps`"]),
