@@ -306,20 +306,24 @@ def plot(result: dict, path: Path):
 # ---------------------------------------------------------------------------------------------
 
 
+def time_probe(advance, params, state, inputs, steps: int) -> tuple[float, float]:
+    """Seconds of a runner's first chunk of ``steps`` (compiling included) and per step of the
+    second, for ``advance(params, state, *inputs) -> (params, state, ...)``."""
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(advance(params, state, *inputs))
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    jax.block_until_ready(advance(out[0], out[1], *inputs))
+    return compile_s, (time.perf_counter() - t0) / steps
+
+
 def plan_steps(study, names, seeds, chunk, budget: float, probe_steps: int) -> tuple[int, float]:
     """Steps per run so that every optimizer's runs fit ``budget`` seconds: one timed chunk of
     ``probe_steps`` (after compiling) gives seconds per step of the vmapped runs."""
     _, params, state, lrs, starts, advance = setup_runs(
         study, names[0], probe_steps, seeds, probe_steps
     )
-    t0 = time.perf_counter()
-    out = advance(params, state, lrs, starts)
-    jax.block_until_ready(out)
-    compile_s = time.perf_counter() - t0
-    params, state = out[0], out[1]
-    t0 = time.perf_counter()
-    jax.block_until_ready(advance(params, state, lrs, starts))
-    per_step = (time.perf_counter() - t0) / probe_steps
+    compile_s, per_step = time_probe(advance, params, state, (lrs, starts), probe_steps)
     spare = budget - len(names) * 1.2 * compile_s
     steps = int(spare / (len(names) * per_step))
     return max(chunk, steps // chunk * chunk), per_step

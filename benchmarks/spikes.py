@@ -321,12 +321,7 @@ def plan_steps(study, names, seeds, leaf, group, budget, probe=10) -> tuple[int,
     chunk of the first method (after compiling it)."""
     plan = layout(study, probe, seeds, leaf)
     _, params, state, inputs, advance = setup_runs(study, names[0], probe, plan, group)
-    t0 = time.perf_counter()
-    params, state, _ = jax.block_until_ready(advance(params, state, *inputs))
-    compile_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    jax.block_until_ready(advance(params, state, *inputs))
-    per_step = (time.perf_counter() - t0) / probe
+    compile_s, per_step = lm_study.time_probe(advance, params, state, inputs, probe)
     spare = budget - (len(names) + 1) * 1.2 * compile_s
     return max(40, int(spare / (len(names) * per_step * 1.05))), per_step
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optclip import _checks, _gradient_checks
-from optclip._numerics import clip_factor, global_norm, leaf_norms
+from optclip._numerics import clip_factor, global_norm, leaf_norm_vector
 from optclip._types import Scalar
 
 
@@ -127,13 +127,12 @@ def adagc(
                 f"thresholds for {state.gamma.shape[0]}: the state was built by `init` for "
                 "other params."
             )
-        warming = state.count < warmup_steps
-        norms = jnp.stack(jax.tree.leaves(leaf_norms(flat_g))) if flat_g else state.norms
-        # The global norm from the leaves' norms: no second read of the update.
-        global_factor = clip_factor(global_norm(norms), lambda_abs)
-
         if not flat_g:
             return updates, state._replace(count=optax.safe_increment(state.count))
+        warming = state.count < warmup_steps
+        norms = leaf_norm_vector(flat_g)
+        # The global norm from the leaves' norms: no second read of the update.
+        global_factor = clip_factor(global_norm(norms), lambda_abs)
         h, clipped, gamma = _factors(norms, state.gamma, warming, global_factor, lambda_rel, beta)
         # A clipped leaf is scaled; an unclipped one passes as it is.
         out = [jnp.where(clipped[i], g * h[i], g).astype(g.dtype) for i, g in enumerate(flat_g)]

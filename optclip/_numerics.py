@@ -216,10 +216,16 @@ def global_norm(tree: chex.ArrayTree) -> jax.Array:
     leaves = _leaves(tree)
     if not leaves:
         return jnp.zeros((), jnp.float32)
+    return _in_form(leaves, _norm_cond, _norm_select)
+
+
+def _in_form(leaves: list[jax.Array], cond, select) -> jax.Array:
+    """``cond(leaves)`` or ``select(leaves)``, as ``OPTCLIP_GLOBAL_NORM`` says (``auto``: by
+    the platform the program is compiled for)."""
     form = norm_form()
     if form == "auto":
-        return jax.lax.platform_dependent(leaves, cpu=_norm_cond, default=_norm_select)
-    return (_norm_cond if form == "cond" else _norm_select)(leaves)
+        return jax.lax.platform_dependent(leaves, cpu=cond, default=select)
+    return (cond if form == "cond" else select)(leaves)
 
 
 def _leaf_sums(leaves: list[jax.Array], scalings: tuple) -> list[jax.Array]:
@@ -258,15 +264,14 @@ def leaf_norms(tree: chex.ArrayTree) -> chex.ArrayTree:
     then told apart from a rescue case without a second read of every leaf.
     """
     flat, treedef = jax.tree.flatten(tree)
-    leaves = _leaves(flat)
-    if not leaves:
+    if not flat:
         return tree
-    form = norm_form()
-    if form == "auto":
-        norms = jax.lax.platform_dependent(leaves, cpu=_leaf_norms_cond, default=_leaf_norms_select)
-    else:
-        norms = (_leaf_norms_cond if form == "cond" else _leaf_norms_select)(leaves)
-    return jax.tree.unflatten(treedef, list(norms))
+    return jax.tree.unflatten(treedef, list(leaf_norm_vector(flat)))
+
+
+def leaf_norm_vector(leaves: list[jax.Array]) -> jax.Array:
+    """:func:`leaf_norms` of a non-empty list of leaves, as one float32 vector in their order."""
+    return _in_form(_leaves(leaves), _leaf_norms_cond, _leaf_norms_select)
 
 
 def momentum_zeros(params: optax.Params, dtype: jax.typing.DTypeLike) -> optax.Updates:

@@ -109,7 +109,7 @@ def skip_step(
     is never an outlier and never recorded: the NaN reaches ``inner`` and the
     update, so :func:`optax.apply_if_finite` around this wrapper rejects the
     step (OLMo-core skips it). A ``lax.cond`` runs ``inner`` only on a step
-    it takes: a select of old and new state cost 1.4-2.6x clip + Adam on CPU.
+    it takes (``docs/performance.md`` has what a select of old and new state cost).
 
     Composes with :func:`optax.apply_if_finite` and :class:`optax.MultiSteps` (tested).
 
@@ -161,9 +161,8 @@ def skip_step(
             loss_out, loss_bound = _outlier(losses, loss, sigma_factor, history)
             skip = skip | loss_out
             losses = _record(losses, loss, loss_out, loss_bound)
-        norms = _record(norms, norm, norm_out, norm_bound)
-        if value is not None:
             extra_args = dict(extra_args, value=value)
+        norms = _record(norms, norm, norm_out, norm_bound)
 
         take = lambda g, s: inner.update(g, s, params, **extra_args)
         skipped = lambda g, s: (jax.tree.map(jnp.zeros_like, g), s)

@@ -69,11 +69,8 @@ def _update(updates, state, params=None, *, hp):
     )
     spike = spike & ~warming & finite
     absorbed = jnp.where(spike, bound, norm)
-    cap = absorbed if max_grad_norm is None else jnp.minimum(absorbed, max_grad_norm)
-    if max_grad_norm is None:
-        cap = jnp.where(warming, jnp.inf, cap)
-    else:
-        cap = jnp.where(warming, jnp.asarray(max_grad_norm, jnp.float32), cap)
+    limit = jnp.asarray(jnp.inf if max_grad_norm is None else max_grad_norm, jnp.float32)
+    cap = jnp.where(warming, limit, jnp.minimum(absorbed, limit))
     # Warm-up clips as torch's clip_grad_norm_ (a factor max / (norm + 1e-6) whenever it is
     # below 1); after it, the authors clip only a norm above the threshold.
     clipped = jnp.where(warming, norm + _TORCH_NORM_EPS > cap, norm > cap)
