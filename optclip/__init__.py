@@ -58,7 +58,7 @@ from optclip._spam_pieces import (
     reset_periodically,
     scale_by_reset_warmup,
 )
-from optclip._statistics import clip_fraction
+from optclip._statistics import clip_fraction, statistics
 from optclip._stochastic_ingd import (
     StochasticIngdState,
     ingd_iterate,
@@ -117,6 +117,7 @@ __all__ = [
     "scale_by_reset_warmup",
     # Statistics.
     "clip_fraction",
+    "statistics",
     # Functions the pieces are made of.
     "alpha_moment_update",
     "clip_factor",
