@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -155,13 +153,6 @@ def test_state_shardings_refuses_the_packed_state():
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
     with pytest.raises(TypeError, match="cannot place it"):
         optclip.state_shardings(optclip.group_small_leaves(optax.adam(0.1)), _tree(0), mesh)
-
-
-def test_docstring_example_runs():
-    import optclip._grouping
-
-    result = doctest.testmod(optclip._grouping)
-    assert result.attempted >= 5 and result.failed == 0
 
 
 def test_flax_nnx_optimizer_trains_like_the_per_leaf_one():
