@@ -28,7 +28,7 @@ accessed per parameter, temporary bytes and fusions; and the achieved bandwidth
 as a fraction of a measured device copy (a donated ``x * a + b`` on one leaf
 of the same size).
 
-    python benchmarks/step_time.py --scale 0.25   # 2 CPU cores: about 10 minutes
+    python benchmarks/step_time.py --scale 0.25   # 2 CPU cores: about 15 minutes
     python benchmarks/step_time.py --inner 10     # a GPU, full-size trees
     python benchmarks/step_time.py --quick        # smoke test (seconds)
 
