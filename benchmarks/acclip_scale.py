@@ -9,7 +9,7 @@ Adam-sized for Adam and the RMS-scaled form) and several seeds; the best grid
 point is the one with the lowest mean validation loss over seeds. The fraction
 of coordinates ACClip clips is recorded at every step from its state.
 
-    python benchmarks/acclip_scale.py           # the table in docs/results.md (~15 min, 2 cores)
+    python benchmarks/acclip_scale.py           # the table in docs/results.md (27 min, 2 cores)
     python benchmarks/acclip_scale.py --quick   # smoke test (seconds)
 
 Writes ``--out``/acclip_scale.json and acclip_scale.png.

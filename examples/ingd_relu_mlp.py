@@ -8,7 +8,7 @@ steps and minibatches. Accuracy is measured at the INGD iterate ``x`` (via
 ``optclip.ingd_iterate``), not at the interpolation point the loss sees.
 
     pip install -e ".[examples]"
-    python examples/ingd_relu_mlp.py              # ~1 minute on 2 CPU cores
+    python examples/ingd_relu_mlp.py              # 14 s of training on 2 CPU cores (docs/ingd.md)
     python examples/ingd_relu_mlp.py --epochs 3   # quicker
 
 Prints a table of train/test accuracy and saves a plot of the curves.

@@ -87,7 +87,8 @@ __all__ = [
     "normalized_momentum_sgd",
     "spam",
     "stochastic_ingd",
-    # Spike-robust clipping, to chain in front of any optimizer, and a skip-step wrapper.
+    # Spike-robust clipping, to chain in front of an optimizer (measured before Adam), and a
+    # skip-step wrapper.
     "adagc",
     "skip_step",
     "zclip",

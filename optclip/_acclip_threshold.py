@@ -128,8 +128,9 @@ def estimate_alpha_moment_threshold(
     times the threshold's previous estimate of its scale (:func:`scale_by_acclip`
     has the rule), the threshold is updated from the clipped gradient, and the
     clipped gradient is what this transform passes on: a coordinate-wise spike
-    clip that a spike cannot raise, to put in front of any optimizer
-    (``optax.chain(estimate_alpha_moment_threshold(robust=True), optax.adam(lr))``).
+    clip that a spike cannot raise, to put in front of an optimizer
+    (``optax.chain(estimate_alpha_moment_threshold(robust=True), optax.adam(lr))``;
+    not benchmarked: ``docs/spikes.md`` measured ``acclip(robust=True)``).
 
     ``tau_k`` estimates the coordinate-wise alpha-moment ``E[|g|^alpha]^(1/alpha)``
     (``B`` in Assumption 2 of Zhang et al., 2020). Put it first in a chain to

@@ -70,13 +70,15 @@ def adagc(
     ``gamma_i`` absorbs the *clipped* norm, so a spike raises it by at most
     ``(1 - beta)(lambda_rel - 1)`` of itself per step.
 
-    Decisions (``docs/spikes.md``): warm-up covers the first ``warmup_steps``
-    iterations, as the paper writes (pytorch-optimizer's ``AdaGC`` warms up one
-    step fewer); no ``eps`` floors (the 0/0 rule covers zero norms); a leaf
-    with no finite step yet keeps ``gamma = +inf``, i.e. is not clipped after
-    warm-up until it has one. A non-finite leaf norm leaves that leaf's
-    ``gamma`` unchanged, and the NaN reaches the update (the numerics rule).
-    Chain it in front of any optimizer: ``optax.chain(optclip.adagc(), optax.adamw(lr))``.
+    Decisions (``docs/design.md``, "Spike-robust clipping"): warm-up covers
+    the first ``warmup_steps`` iterations, as the paper writes
+    (pytorch-optimizer's ``AdaGC`` warms up one step fewer); no ``eps`` floors
+    (the 0/0 rule covers zero norms); a leaf with no finite step yet keeps
+    ``gamma = +inf``, i.e. is not clipped after warm-up until it has one. A
+    non-finite leaf norm leaves that leaf's ``gamma`` unchanged, and the NaN
+    reaches the update (the numerics rule).
+    Chain it in front of an optimizer; ``docs/spikes.md`` measured it in front of
+    Adam: ``optax.chain(optclip.adagc(), optax.adamw(lr))`` at Adam's learning rate.
 
     Beside :func:`group_small_leaves`: put ``adagc`` *outside* it (first in the
     chain, on the user's tree) so each tensor keeps its own threshold; inside

@@ -74,9 +74,9 @@ def acclip(
 
     Two forms, two learning-rate scales (``docs/acclip.md`` has the measurements):
 
-    * ``acclip(3e-3, rms_scale=True)``: the clipped momentum divided by
-      ``sqrt(v_k) + eps`` (``v`` an EMA of ``g^2``), a drop-in for Adam at
-      Adam's learning rates.
+    * ``acclip(3e-3, rms_scale=True)``: the clipped momentum over ``sqrt(v_k) + eps``
+      (``v`` an EMA of ``g^2``), at Adam's learning rates; a research option: it tied
+      or beat Adam on one transformer and lost on another (``docs/acclip.md``).
     * ``acclip(1.0)``: the printed rule moves each coordinate by at most
       ``eta * tau_k``, an SGD-sized step, so its learning rates are SGD's: at
       an Adam-sized learning rate its steps are hundreds of times too small.
@@ -423,7 +423,7 @@ def generalized_signsgd(
     per step. State: 8 bytes per parameter (4 for Signum).
 
     Args:
-      learning_rate: ``eta`` (Adam-sized: the direction has unit scale).
+      learning_rate: ``eta``, about Adam's / 10 (unit-scale direction; ``docs/results.md``).
       b1: momentum decay in ``[0, 1)``.
       b2: in ``[0, 1)``; a Python or NumPy 0 (with ``eps = 0``) is Signum,
         which keeps no second-moment state.

@@ -204,6 +204,11 @@ def global_norm(tree: chex.ArrayTree) -> jax.Array:
     * ``auto``: ``cond`` on CPU and ``select`` on GPU and TPU (picked when the
       program is compiled, with :func:`jax.lax.platform_dependent`).
 
+    Measured on a GPU, ``select`` was slower than ``cond`` inside jitted
+    training steps and faster only per call, where a lone step's host wait is
+    exposed; that is why ``cond`` is the default on every backend
+    (``docs/performance.md`` has the numbers).
+
     Args:
       tree: a pytree of arrays.
 

@@ -99,17 +99,20 @@ def skip_step(
 
     once the window holds at least ``min_history`` values. A skipped step
     returns a zero update and leaves ``inner``'s state untouched; the state
-    counts skipped steps (``skipped``). The defaults are Levanter's and
-    OLMo-core's (a window of 128 steps, 6 sigma, active from half a window).
+    counts skipped steps (``skipped``; ``optclip.statistics(state)`` reads it
+    as ``"skip_step/skipped"``, beside the inner optimizer's statistics). The
+    defaults are Levanter's and OLMo-core's (a window of 128 steps, 6 sigma,
+    active from half a window).
 
-    Decisions (``docs/spikes.md``): an outlier enters its window as the bound it
-    crossed, not as itself, so one spike cannot widen the window enough to let
-    the next through (OLMo-core records it raw), while a lasting shift in
-    scale still moves the window, a bound at a time. A non-finite norm or loss
-    is never an outlier and never recorded: the NaN reaches ``inner`` and the
-    update, so :func:`optax.apply_if_finite` around this wrapper rejects the
-    step (OLMo-core skips it). A ``lax.cond`` runs ``inner`` only on a step
-    it takes (``docs/performance.md`` has what a select of old and new state cost).
+    Decisions (``docs/design.md``, "Spike-robust clipping"): an outlier enters
+    its window as the bound it crossed, not as itself, so one spike cannot
+    widen the window enough to let the next through (OLMo-core records it raw),
+    while a lasting shift in scale still moves the window, a bound at a time. A
+    non-finite norm or loss is never an outlier and never recorded: the NaN
+    reaches ``inner`` and the update, so :func:`optax.apply_if_finite` around
+    this wrapper rejects the step (OLMo-core skips it). A ``lax.cond`` runs
+    ``inner`` only on a step it takes (``docs/performance.md`` has what a
+    select of old and new state cost).
 
     Composes with :func:`optax.apply_if_finite` and :class:`optax.MultiSteps` (tested).
 

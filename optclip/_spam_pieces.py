@@ -1,4 +1,8 @@
-"""SPAM's three additions to Adam, each a transform of its own, to put around any optimizer."""
+"""SPAM's three additions to Adam, each a transform of its own, to put around any optimizer.
+
+Benchmarked only together, as SPAM (``docs/spikes.md``), whose spike clip at its defaults binds
+too late to survive the injected spikes there.
+"""
 
 from __future__ import annotations
 

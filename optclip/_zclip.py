@@ -154,12 +154,13 @@ def zclip(
     the authors' names, defaults and order of operations, so a ZClip
     configuration ports unchanged and gives its updates to float32 rounding.
 
-    Differences (``docs/spikes.md``): a non-finite norm makes the whole update
-    NaN and leaves the statistics as they were (the numerics rule), and the
-    warm-up keeps a running mean and variance instead of a list of norms.
+    Differences (``docs/design.md``, "Spike-robust clipping"): a non-finite
+    norm makes the whole update NaN and leaves the statistics as they were
+    (the numerics rule), and the warm-up keeps a running mean and variance
+    instead of a list of norms.
 
-    Chain it in front of any optimizer:
-    ``optax.chain(optclip.zclip(), optax.adam(1e-3))``.
+    Chain it in front of an optimizer; ``docs/spikes.md`` measured it in front of
+    Adam: ``optax.chain(optclip.zclip(), optax.adamw(lr))`` at Adam's learning rate.
 
     Args:
       alpha: EMA decay of the norm's mean and variance, in ``[0, 1)``.

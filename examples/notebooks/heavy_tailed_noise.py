@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -14,11 +14,11 @@
 # ---
 
 # %% [markdown]
-# # Is my gradient noise heavy-tailed? Measure it, then choose an optimizer
+# # Is my gradient noise heavy-tailed? Measure it
 #
-# Zhang et al. (2020) showed that SGD struggles on attention models because their stochastic
+# Zhang et al. (2020) argue that SGD struggles on attention models because their stochastic
 # gradients have heavy-tailed noise, which clipping (and adaptive methods) tame.
-# `optclip.diagnostics` measures it for any `loss_fn(params, batch)`: here a small MLP on
+# `optclip.diagnostics` measures the noise for any `loss_fn(params, batch)`: here a small MLP on
 # synthetic data, once with Gaussian label noise and once with heavy-tailed label noise.
 
 # %%
@@ -85,9 +85,13 @@ for name, y in labels.items():
     print(f"{name:22s} Hill {r['hill']:.2f}   alpha-stable {r['stable']:.2f}")
 
 # %% [markdown]
-# **Reading.** A tail index near 2 means concentrated noise: SGD (with momentum) is fine.
-# Clearly below 2 means heavy tails: use clipping (`optclip.gclip`, `optclip.cclip`) or ACClip
-# (`optclip.acclip(lr, rms_scale=True)` at Adam's learning rates).
+# **Reading.** A tail index near 2 means concentrated noise; clearly below 2, heavy tails. It
+# says how heavy the noise is, but in this project's measurements it did not predict the best
+# optimizer (`docs/results.md`, E5): on the small transformers measured, Adam-family methods
+# beat SGD with momentum although the noise was near-Gaussian, and a clip of the raw gradient in
+# front of Adam was best (`docs/results.md`, `docs/spikes.md`); on a digits MLP whose noise
+# became heavy-tailed, unclipped SGD with momentum had the best test accuracy (E6). Which
+# optimizer to use: `docs/choosing.md`.
 
 # %%
 heavy = results["Student-t(1.5) noise"]["stable"] < results["Gaussian noise"]["stable"]

@@ -156,7 +156,7 @@ def reading(rows) -> str:
 
 
 TRANSFORMER_OPTIMIZERS: dict[str, tuple[Callable[[float], optax.GradientTransformation], float]] = {
-    # Each at the learning rate that measured best on this model (docs/results.md).
+    # Best rates for this architecture on stdlib text (docs/results.md, E4); clips + Adam: Adam's.
     "adam": (lambda lr: optax.adam(lr), 3e-3),
     "clip+adam": (lambda lr: optax.chain(optclip.clip_by_global_norm(1.0), optax.adam(lr)), 3e-3),
     "zclip+adam": (lambda lr: optax.chain(optclip.zclip(), optax.adam(lr)), 3e-3),

@@ -23,8 +23,8 @@ class TrackStatisticsState(NamedTuple):
       grad_norm: global norm of the incoming update.
       update_norm: global norm of the outgoing update.
       max_grad_norm: largest ``grad_norm`` so far.
-      clip_fraction: the wrapped transform's fraction of clipped coordinates
-        (NaN if it has none).
+      clip_fraction: :func:`optclip.clip_fraction` of the wrapped state (NaN
+        if it holds no clip that function reads).
       pre_clip_norm: the wrapped transform's pre-clip global norm (NaN if none).
     """
 
@@ -44,12 +44,17 @@ def track_statistics(
 
     ``track_statistics()`` alone is an identity link to put anywhere in a
     chain; ``track_statistics(tx)`` wraps ``tx`` and also reads its clip
-    fraction (ACClip, CClip) and pre-clip norm
+    fraction (:func:`optclip.clip_fraction`) and pre-clip norm
     (:func:`optclip.clip_by_global_norm`). Log the
     :class:`TrackStatisticsState` fields from the training loop without
     splitting the chain. It jits, chains and shards like any transform: the
     statistics are scalars. (optax's own :func:`optax.monitor` records
     user-chosen measurements; this one knows optclip's clipping states.)
+
+    What it adds is the norm of the update at its place in the chain, in and
+    out. Every statistic the optimizer's states already keep (norms, clip
+    fractions, thresholds, skipped steps) needs no wrapper:
+    :func:`optclip.statistics` reads them from any state.
 
     Args:
       inner: the transformation to wrap; ``None`` for an identity link.
