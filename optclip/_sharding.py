@@ -6,7 +6,9 @@ is most of the memory. :func:`state_shardings` lays each parameter-shaped state
 leaf out like its parameter and, where the parameter is not split over the
 data axis, splits the leaf over that axis as well (ZeRO stage 1). Training is
 unchanged: the update is element-wise in the state, so XLA computes each
-device's slice where it is stored and gathers only the parameter update.
+device's slice where it is stored and gathers only the parameter update, as
+long as the step pins the parameters' output shardings (``out_shardings``);
+otherwise propagation may return them in the state's split layout.
 """
 
 from __future__ import annotations
@@ -113,7 +115,9 @@ def state_shardings(
         or an :class:`optax.MultiSteps`.
       params: the parameters: arrays or :class:`jax.ShapeDtypeStruct` with a
         :class:`~jax.sharding.NamedSharding` on ``mesh``; one without a
-        sharding counts as replicated.
+        sharding counts as replicated. A Flax NNX ``State`` of ``Param``s
+        works as it is; the result then holds ``Param``s around the
+        shardings, which ``nnx.as_pure`` strips (``docs/nnx_sharding.md``).
       mesh: the device mesh the parameters live on.
       data_axis: the mesh axis the batch is split over, or ``None`` for state
         that only follows the parameters.
