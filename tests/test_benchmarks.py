@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -271,3 +272,176 @@ def test_spikes_quick_mode(tmp_path):
     assert not table["acclip"]["x1e4"]["survives"]
     assert table["acclip(robust)"]["x1e4"]["survives"]
     assert (tmp_path / "spikes.png").exists() == spikes.available()
+
+
+# The compiled memory footprint (benchmarks/footprint.py, docs/performance.md). Each optimizer's
+# parameter-sized float32 state arrays, from its algorithm (4 bytes each, scalars aside):
+STATE_ARRAYS = {
+    "acclip": 2,  # momentum and threshold
+    "acclip(rms_scale)": 3,  # and the second moment it divides by
+    "acclip(robust)": 2,  # the pre-clip reads the threshold it already keeps
+    "cclip": 0,  # b1 = 0 by default: no momentum, fixed thresholds
+    "clip_momentum_sgd": 1,
+    "clipped_gd": 0,
+    "gclip": 0,
+    "gclip(b1=0.9)": 1,
+    "generalized_signsgd": 2,  # m and v
+    "normalized_gd": 0,
+    "normalized_momentum_sgd": 1,
+    "spam": 2,  # first moment and sqrt(v)
+    "stochastic_ingd": 1,  # the momentum; x - y is a scalar times it
+    "zclip+adam": 2,  # Adam's two; ZClip keeps scalars
+    "adagc+adam": 2,  # and one threshold per leaf
+    "skip_step(adam)": 2,  # and two windows of 128 values
+    "optclip.clip_gn+adam": 2,
+    "grouped(acclip)": 2,  # packed, the same bytes
+    "optax.adam": 2,
+    "optax.adamw": 2,
+    "optax.sgd": 0,
+    "optax.sgd(momentum=0.9)": 1,
+    "optax.clip_gn+adam": 2,
+}
+SMALL_TREE = {"w": (512, 512), "v": (256, 1024), "b": (512,), "s": (8,)}
+
+
+def _docs_section():
+    footprint = _load("footprint")
+    text = footprint.DOCS.read_text()
+    return footprint.parse_section(text.split(footprint.BEGIN)[1].split(footprint.END)[0])
+
+
+def _docs_tree(section, backend="cpu"):
+    """The tree and jax version a backend's columns were measured with, from its line."""
+    line = section["environments"][backend]
+    tree, scale = re.search(r"; (.+) at scale ([\d.]+):", line).groups()
+    return tree, float(scale), re.search(r"jax (\S+),", line).group(1)
+
+
+def _model_trees_shapes(tree, scale):
+    return _load("_model_trees").MODELS[tree](scale)
+
+
+def test_footprint_state_bytes_follow_from_each_algorithm():
+    footprint = _load("footprint")
+    specs = footprint.optimizers()
+    assert set(specs) == set(STATE_ARRAYS)
+    shapes = {"w": (1000, 1000), "b": (1000,), "s": (3,)}
+    params, n = footprint.abstract(shapes), 1_001_003
+    for name, (tx, _) in specs.items():
+        measured = footprint.state_bytes(tx, params) / n
+        assert measured == pytest.approx(4 * STATE_ARRAYS[name], abs=0.01), name
+
+
+def test_footprint_measures_a_small_tree():
+    footprint = _load("footprint")
+    names = ["acclip", "gclip(b1=0.9)", "optax.adam", "optax.sgd(momentum=0.9)"]
+    names.append("optax.clip_gn+adam")
+    specs = {k: v for k, v in footprint.optimizers().items() if k in names}
+    rows = footprint.measure(specs, SMALL_TREE)
+    for name, row in rows.items():
+        state = 4 * STATE_ARRAYS[name]
+        assert row["state_bytes_per_param"] == pytest.approx(state, abs=0.01), name
+        # Donated, every output reuses an input buffer; not donated, the step writes new params
+        # and a new state (scalars aside), on any backend.
+        assert row["unaliased_output_bytes_per_param"] == pytest.approx(0, abs=0.01), name
+        fresh = row["unaliased_output_bytes_per_param_not_donated"]
+        assert fresh == pytest.approx(4 + state, abs=0.01), name
+    assert rows["acclip"]["counterpart"] == "optax.adam"
+    if jax.default_backend() == "cpu":
+        # XLA:CPU: acclip and gclip need nothing parameter-sized beyond their counterparts, and
+        # optax's clip in front of adam writes the divided gradient: one copy.
+        assert abs(rows["acclip"]["extra_temp_vs_counterpart"]) < 0.05
+        assert abs(rows["gclip(b1=0.9)"]["extra_temp_vs_counterpart"]) < 0.05
+        assert rows["optax.clip_gn+adam"]["extra_temp_vs_counterpart"] == pytest.approx(1, abs=0.05)
+
+
+def test_footprint_main_writes_json_and_markdown(tmp_path, capsys):
+    footprint = _load("footprint")
+    footprint.main(["--optimizers", "optax.sgd", "--scale", "0.01", "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "footprint.json").read_text())
+    result = data["backends"][jax.default_backend()]
+    assert set(result["rows"]) == {"optax.sgd"} and result["tree"]["leaves"] == 148
+    assert result["environment"]["jax"] == jax.__version__
+    assert "| `optax.sgd` |" in (tmp_path / "footprint.md").read_text()
+    assert "optax.sgd" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # a partial run would drop the table's other rows
+        footprint.main(["--optimizers", "optax.sgd", "--write-docs", "--out", str(tmp_path)])
+
+
+def test_footprint_table_keeps_the_other_backends_columns(tmp_path):
+    footprint = _load("footprint")
+
+    def result(backend, temp):
+        row = dict(counterpart=None, state_bytes_per_param=8.0, temp_bytes_per_param=temp)
+        row |= dict(temp_bytes_per_param_not_donated=0.0, unaliased_output_bytes_per_param=0.0)
+        env = dict(backend=backend, device="x", jax="1", jaxlib="1", optax="1", date="d")
+        tree = dict(name="GPT-2 small", scale=0.25, params=10, leaves=2)
+        return dict(environment=env, tree=tree, rows={"optax.adam": row})
+
+    cpu = footprint.markdown(result("cpu", 1.5))
+    both = footprint.parse_section(footprint.markdown(result("gpu", 2.5), cpu))
+    assert both["header"][:5] == [
+        "optimizer",
+        "counterpart",
+        "state",
+        "temp (cpu)",
+        "temp, not donated (cpu)",
+    ]
+    assert set(both["environments"]) == {"cpu", "gpu"}
+    row = both["rows"]["optax.adam"]
+    assert (row["temp (cpu)"], row["temp (gpu)"]) == ("1.50", "2.50")
+    again = footprint.markdown(result("cpu", 0.5), footprint.markdown(result("gpu", 2.5), cpu))
+    row = footprint.parse_section(again)["rows"]["optax.adam"]
+    assert (row["temp (cpu)"], row["temp (gpu)"]) == ("0.50", "2.50")
+    # write_docs replaces the section and nothing else.
+    page = tmp_path / "page.md"
+    page.write_text(f"before\n{footprint.BEGIN}\nold\n{footprint.END}\nafter\n")
+    footprint.write_docs(result("cpu", 1.5), page)
+    assert page.read_text() == f"before\n{footprint.BEGIN}\n{cpu}{footprint.END}\nafter\n"
+
+
+def test_footprint_table_in_the_docs_has_every_optimizer_and_fresh_state_bytes():
+    footprint = _load("footprint")
+    section, specs = _docs_section(), footprint.optimizers()
+    assert list(section["rows"]) == list(specs)
+    tree, scale, _ = _docs_tree(section)
+    shapes = _model_trees_shapes(tree, scale)
+    params, n = footprint.abstract(shapes), _load("_model_trees").size(shapes)
+    for name, (tx, counterpart) in specs.items():
+        cells = section["rows"][name]
+        assert cells["counterpart"].strip("`") == (counterpart or ""), name
+        # State bytes do not depend on the backend or the jax version.
+        fresh = footprint.state_bytes(tx, params) / n
+        assert float(cells["state"]) == pytest.approx(fresh, abs=0.006), name
+        assert float(cells["state"]) == pytest.approx(4 * STATE_ARRAYS[name], abs=0.006), name
+
+
+def test_every_footprint_pair_is_asserted_by_the_compiled_memory_tests():
+    from tests import test_compiled_memory
+
+    pairs = {k: v[1] for k, v in test_compiled_memory.PAIRS.items()}
+    for name, (_, counterpart) in _load("footprint").optimizers().items():
+        # optax's clip + adam is the check's negative control there (its own test).
+        if counterpart is not None and name != "optax.clip_gn+adam":
+            assert pairs.get(name) == counterpart, name
+
+
+# A fresh compile of every optimizer on the documented tree: about 2 minutes on 2 cores.
+@pytest.mark.slow
+def test_footprint_temp_columns_in_the_docs_match_a_fresh_compile():
+    if jax.default_backend() != "cpu":
+        pytest.skip("the documented temp columns checked here are XLA:CPU's")
+    footprint = _load("footprint")
+    section = _docs_section()
+    tree, scale, version = _docs_tree(section)
+    if version != jax.__version__:
+        pytest.skip(f"the table was measured with jax {version}, this is {jax.__version__}")
+    rows = footprint.measure(footprint.optimizers(), _model_trees_shapes(tree, scale))
+    for name, row in rows.items():
+        cells = section["rows"][name]
+        for label, key, _ in footprint.COLUMNS:
+            if key in row:
+                # Bytes per parameter (the extra is in copies of 4 bytes).
+                unit = 4 if key == "extra_temp_vs_counterpart" else 1
+                documented = float(cells[f"{label} (cpu)"])
+                assert abs(documented - row[key]) * unit <= 0.25, (name, label, row[key])
