@@ -23,6 +23,8 @@ def _load(name: str):
     return importlib.import_module(name)
 
 
+# Slow tier: 20 s of compiles on 2 cores; the footprint tests below check the memory side fast.
+@pytest.mark.slow
 def test_quick_mode_writes_json_with_every_variant(tmp_path, capsys):
     step_time = _load("step_time")
     results = step_time.main(["--quick", "--out", str(tmp_path), "--torch-device", ""])

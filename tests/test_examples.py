@@ -22,6 +22,8 @@ def _load(name):
     return module
 
 
+# Slow tier (10 s): INGD's training is covered fast by tests/test_stochastic_ingd.py.
+@pytest.mark.slow
 def test_ingd_relu_mlp_trains_every_optimizer(tmp_path, capsys):
     example = _load("ingd_relu_mlp")
     curves = example.main(["--epochs", "2", "--seeds", "1", "--out", str(tmp_path)])
@@ -63,6 +65,8 @@ def test_sharded_training_resumes_bitwise_from_checkpoint():
     assert follow // 2 <= zero < follow // 2 + 64
 
 
+# Slow tier (10 s, a subprocess on 8 devices); CI runs it with the slow tests.
+@pytest.mark.slow
 def test_nnx_sharded_recipe_puts_params_and_adam_state_where_promised():
     # The recipe of docs/nnx_sharding.md, on 8 CPU devices in a process of its own; the script
     # itself asserts that the moment's sharding is state_shardings' and that the loss fell.
