@@ -86,6 +86,8 @@ def optimizers() -> dict[str, tuple[optax.GradientTransformation, str | None]]:
         SGD: (optax.sgd(LR), None),
         MOMENTUM: (optax.sgd(LR, momentum=0.9), None),
         "optax.clip_gn+adam": (optax.chain(optax.clip_by_global_norm(1.0), adam()), ADAM),
+        # docs/choosing.md's recommendation for a transformer.
+        "optax.agc+adam": (optax.chain(optax.adaptive_grad_clip(0.01), adam()), ADAM),
     }
 
 

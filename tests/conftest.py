@@ -134,6 +134,20 @@ CASES = [
 ]
 
 
+# Further configurations of an optimizer whose default configuration runs in every shared test:
+# every test that takes one of these cases runs in the slow tier (CI runs it too), which keeps the
+# default tier within 5 minutes on 2 cores.
+SLOW_CASES = {"acclip_robust_rms_seeded", "acclip_robust_tau1", "spam_wd"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects
+def pytest_collection_modifyitems(items):
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if any(isinstance(v, Case) and v.name in SLOW_CASES for v in params.values()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(params=CASES, ids=str)
 def case(request) -> Case:
     return request.param

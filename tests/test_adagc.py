@@ -18,11 +18,18 @@ STREAM[18] = {**STREAM[18], "w": STREAM[18]["w"] * np.float32(1e5)}
 STREAM[21] = {**STREAM[21], "b": np.zeros_like(STREAM[21]["b"])}
 
 
-@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+SHORT = dict(warmup_steps=4)
+TIGHT = dict(lambda_abs=0.5, lambda_rel=1.2, beta=0.9, warmup_steps=1)
+
+
+# Both jitted, one also eagerly (tests/test_transforms.py compares jit with eager for every case).
 @pytest.mark.parametrize(
-    "kwargs",
-    [dict(warmup_steps=4), dict(lambda_abs=0.5, lambda_rel=1.2, beta=0.9, warmup_steps=1)],
-    ids=["short_warmup", "tight"],
+    ("kwargs", "jit"),
+    [
+        pytest.param(SHORT, True, id="short_warmup-jit"),
+        pytest.param(TIGHT, True, id="tight-jit"),
+        pytest.param(TIGHT, False, id="tight-eager"),
+    ],
 )
 def test_matches_the_papers_rule(kwargs, jit):
     init_ref, step_ref = _reference_spikes.adagc(**kwargs)

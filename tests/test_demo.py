@@ -16,6 +16,8 @@ def test_quick_regression_demo_prints_table_and_reading(capsys):
         assert name in out
 
 
+# Slow tier (30 s on 2 cores; CI runs it): the main job's quick run, end to end.
+@pytest.mark.slow
 def test_quick_transformer_demo_trains_on_two_seeds_and_saves_its_own_plot(
     tmp_path, capsys, monkeypatch
 ):

@@ -44,6 +44,8 @@ def test_noise_diagnostics_reports_both_models(tmp_path, capsys):
     assert "Reading:" in capsys.readouterr().out
 
 
+# Slow tier (10 s): tests/test_ecosystem.py checks a bitwise resume for every optimizer.
+@pytest.mark.slow
 def test_sharded_training_resumes_bitwise_from_checkpoint():
     # A process of its own with 8 CPU devices, whatever this test's backend is.
     env = subprocess_env(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")

@@ -28,8 +28,14 @@ CONFIGS = {
 }
 
 
-@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
-@pytest.mark.parametrize("config", CONFIGS, ids=str)
+# Every configuration jitted; two also eagerly (each eager step dispatches op by op, and the
+# shared tests of tests/test_transforms.py compare jit with eager for every case already).
+EAGER = ("defaults", "skip_ema_on_spike")
+RUNS = [pytest.param(c, True, id=f"{c}-jit") for c in CONFIGS]
+RUNS += [pytest.param(c, False, id=f"{c}-eager") for c in EAGER]
+
+
+@pytest.mark.parametrize(("config", "jit"), RUNS)
 def test_matches_the_authors_rule(config, jit):
     kwargs = CONFIGS[config]
     init_ref, step_ref = _reference_spikes.zclip(**kwargs)
