@@ -72,6 +72,7 @@ def optimizers() -> dict[str, tuple[optax.GradientTransformation, str | None]]:
         "gclip": (optclip.gclip(LR, 1.0), SGD),
         "gclip(b1=0.9)": (optclip.gclip(LR, 1.0, b1=0.9), MOMENTUM),
         "generalized_signsgd": (optclip.generalized_signsgd(LR), ADAM),
+        "signum": (optclip.generalized_signsgd(LR, b2=0.0), MOMENTUM),
         "normalized_gd": (optclip.normalized_gd(LR, 1.0), SGD),
         "normalized_momentum_sgd": (optclip.normalized_momentum_sgd(LR), MOMENTUM),
         "spam": (optclip.spam(LR), ADAM),

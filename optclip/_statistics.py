@@ -39,11 +39,12 @@ _WHOLE_STATES = (ClipByGlobalNormState, ZClipState, AdaGCState)
 def clip_fraction(opt_state: optax.OptState) -> jax.Array:
     """Fraction of coordinates clipped at the last step, read from any optimizer state.
 
-    Finds the first clipping state inside ``opt_state``, however deeply chained
-    or wrapped (``optax.chain``, ``optax.inject_hyperparams``,
-    ``optax.MultiSteps``, ...), and returns the fraction of coordinates it
-    clipped. A coordinate-wise clip is read first: ACClip, ``cclip`` and SPAM's
-    spike clip count coordinates. Otherwise a clip of whole updates or leaves:
+    Looks inside ``opt_state``, however deeply chained or wrapped
+    (``optax.chain``, ``optax.inject_hyperparams``, ``optax.MultiSteps``,
+    ...), and returns the fraction of coordinates clipped at the last step by
+    the first coordinate-wise clip in chain order (ACClip, ``cclip``, SPAM's
+    spike clip), wherever a clip of whole updates sits. Without one, the first
+    clip of whole updates or leaves:
     a global-norm clip (``gclip``, ``clipped_gd``) and ZClip clip all of them or
     none (1 or 0); AdaGC, the coordinates of the leaves it scaled down. For
     every statistic of every link of a chain, see :func:`statistics`.
@@ -181,7 +182,7 @@ def statistics(opt_state: optax.OptState) -> dict[str, jax.Array]:
     chain keep the same kind of state, each of their keys starts with its path
     in the state, indices and field names joined by dots:
     ``"0/clip_by_global_norm/norm"`` and ``"1.0/clip_by_global_norm/norm"``
-    for ``optax.chain(clip_by_global_norm(1.0), gclip(0.1, 1.0))``.
+    for ``optax.chain(clip_by_global_norm(1.0), gclip(0.1, 2.0))``.
 
     Args:
       opt_state: an optimizer state.

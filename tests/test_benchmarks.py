@@ -288,6 +288,7 @@ STATE_ARRAYS = {
     "gclip": 0,
     "gclip(b1=0.9)": 1,
     "generalized_signsgd": 2,  # m and v
+    "signum": 1,  # b2 = 0: the momentum only
     "normalized_gd": 0,
     "normalized_momentum_sgd": 1,
     "spam": 2,  # first moment and sqrt(v)

@@ -100,6 +100,7 @@ PAIRS = {
     "gclip": (optclip.gclip(LR, 1.0), "optax.sgd"),
     "gclip(b1=0.9)": (optclip.gclip(LR, 1.0, b1=0.9), "optax.sgd(momentum=0.9)"),
     "generalized_signsgd": (optclip.generalized_signsgd(LR), "optax.adam"),
+    "signum": (optclip.generalized_signsgd(LR, b2=0.0), "optax.sgd(momentum=0.9)"),
     "normalized_gd": (optclip.normalized_gd(LR, 1.0), "optax.sgd"),
     "normalized_momentum_sgd": (optclip.normalized_momentum_sgd(LR), "optax.sgd(momentum=0.9)"),
     "spam": (optclip.spam(LR), "optax.adam"),
