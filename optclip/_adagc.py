@@ -78,7 +78,7 @@ def adagc(
     non-finite leaf norm leaves that leaf's ``gamma`` unchanged, and the NaN
     reaches the update (the numerics rule).
     Chain it in front of an optimizer; ``docs/spikes.md`` measured it in front of
-    Adam: ``optax.chain(optclip.adagc(), optax.adamw(lr))`` at Adam's learning rate.
+    Adam: ``optax.chain(optclip.adagc(), optax.adam(lr))`` at Adam's learning rate.
 
     Beside :func:`group_small_leaves`: put ``adagc`` *outside* it (first in the
     chain, on the user's tree) so each tensor keeps its own threshold; inside

@@ -160,7 +160,7 @@ def zclip(
     instead of a list of norms.
 
     Chain it in front of an optimizer; ``docs/spikes.md`` measured it in front of
-    Adam: ``optax.chain(optclip.zclip(), optax.adamw(lr))`` at Adam's learning rate.
+    Adam: ``optax.chain(optclip.zclip(), optax.adam(lr))`` at Adam's learning rate.
 
     Args:
       alpha: EMA decay of the norm's mean and variance, in ``[0, 1)``.

@@ -23,7 +23,7 @@
 #
 # It shows the mechanics, not a measured recipe: this chain was not compared with others. Which
 # optimizer and learning rate to use is in `docs/choosing.md`; for a transformer the measured
-# choice is `optax.chain(optax.adaptive_grad_clip(0.01), optax.adamw(lr))` at Adam's learning rate.
+# choice is `optax.chain(optax.adaptive_grad_clip(0.01), optax.adam(lr))` at Adam's learning rate.
 
 # %%
 # On Colab, install optclip first (a no-op where it is already installed).
