@@ -3,7 +3,7 @@ README.md and docs/ (a page's blocks in order, in one namespace, as a reader pas
 
 A Python block followed directly by a ```text block is an example with its output: what it
 prints must be that text. A block preceded by ``<!-- file: PATH -->`` is a copy of a file in the
-repository, which tests/test_docs.py compares with the file (the file's own test runs it).
+repository: it must equal the file, and is not run here (the file's own test runs it).
 """
 
 from __future__ import annotations
@@ -30,15 +30,21 @@ MODULES = sorted(
     if not m.name.endswith("__main__")
 )
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```\n", flags=re.M | re.S)
-FILE_MARK = re.compile(r"<!-- file: (\S+) -->\s*$")
+# A fenced block right after `<!-- file: PATH -->` (PATH relative to the repository root) shows
+# that file whole; the fence may carry a language and must be longer than any backtick run inside.
+FILE_BLOCK = re.compile(
+    r"^<!-- file: (?P<path>\S+) -->\n(?P<fence>`{3,})[^\n]*\n(?P<body>.*?)^(?P=fence)[ \t]*$",
+    flags=re.M | re.S,
+)
 
 
 def blocks(text: str) -> list[tuple[int, str, str | None]]:
     """(line, code, expected output or None) for each runnable Python block of a page."""
     fences = list(FENCE.finditer(text))
+    copies = {m.start("fence") for m in FILE_BLOCK.finditer(text)}
     found = []
     for i, fence in enumerate(fences):
-        if fence.group(1) != "python" or FILE_MARK.search(text[: fence.start()].rstrip()):
+        if fence.group(1) != "python" or fence.start() in copies:
             continue
         output = None
         after = fences[i + 1] if i + 1 < len(fences) else None
@@ -88,3 +94,21 @@ def test_the_runner_reads_outputs_and_skips_file_copies():
         ("print(1)\n", "1\n"),
         ("x = 2\n", None),
     ]
+
+
+def test_files_shown_in_the_docs_are_identical_to_the_files():
+    checked, stale = [], []
+    for page in PAGES:
+        text = page.read_text()
+        copies = list(FILE_BLOCK.finditer(text))
+        assert len(copies) == text.count("<!-- file: "), (
+            f"{page.name}: a `<!-- file: PATH -->` line not followed by a fenced code block"
+        )
+        for block in copies:
+            path = ROOT / block["path"]
+            assert path.is_file(), f"{page.name} shows {block['path']}, which does not exist"
+            checked.append(block["path"])
+            if block["body"] != path.read_text():
+                stale.append(f"{page.name}: {block['path']}")
+    assert "examples/nnx_sharded.py" in checked
+    assert not stale, f"docs blocks that differ from their files (copy the file in): {stale}"

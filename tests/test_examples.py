@@ -44,20 +44,25 @@ def test_noise_diagnostics_reports_both_models(tmp_path, capsys):
     assert "Reading:" in capsys.readouterr().out
 
 
-# Slow tier (10 s): tests/test_ecosystem.py checks a bitwise resume for every optimizer.
-@pytest.mark.slow
-def test_sharded_training_resumes_bitwise_from_checkpoint():
-    # A process of its own with 8 CPU devices, whatever this test's backend is.
+def _run_on_8_cpu_devices(script: str, *args: str) -> str:
+    """An example's stdout, run in a process of its own with 8 CPU devices, whatever this test's
+    backend is; fails with its output if the example does."""
     env = subprocess_env(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "sharded_training.py"), "--steps", "40"],
+        [sys.executable, str(ROOT / "examples" / script), *args],
         capture_output=True,
         text=True,
         timeout=300,
         env=env,
     )
-    out = proc.stdout
-    assert proc.returncode == 0, out + proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    return proc.stdout
+
+
+# Slow tier (10 s): tests/test_ecosystem.py checks a bitwise resume for every optimizer.
+@pytest.mark.slow
+def test_sharded_training_resumes_bitwise_from_checkpoint():
+    out = _run_on_8_cpu_devices("sharded_training.py", "--steps", "40")
     assert "per-device shard (16, 16)" in out
     assert "restored the step-20 checkpoint and resumed: bitwise identical = True" in out
     first, last = map(float, re.search(r"loss: first ([\d.]+), last ([\d.]+)", out).groups())
@@ -70,18 +75,9 @@ def test_sharded_training_resumes_bitwise_from_checkpoint():
 # Slow tier (10 s, a subprocess on 8 devices); CI runs it with the slow tests.
 @pytest.mark.slow
 def test_nnx_sharded_recipe_puts_params_and_adam_state_where_promised():
-    # The recipe of docs/nnx_sharding.md, on 8 CPU devices in a process of its own; the script
-    # itself asserts that the moment's sharding is state_shardings' and that the loss fell.
-    env = subprocess_env(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "nnx_sharded.py")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    out = proc.stdout
-    assert proc.returncode == 0, out + proc.stderr[-3000:]
+    # The recipe of docs/nnx_sharding.md; the script itself asserts that the moment's sharding
+    # is state_shardings' and that the loss fell.
+    out = _run_on_8_cpu_devices("nnx_sharded.py")
     assert "8 devices, mesh {'data': 4, 'model': 2}" in out
     assert "up.kernel (16, 128): P(None, 'model'), (16, 64) per device" in out
     # ZeRO-1: the moment adds the 4-way data axis to the kernel's free dimension.
