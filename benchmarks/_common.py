@@ -28,6 +28,12 @@ def plot(path, draw, figsize=(6, 4)):
     return str(save(fig, path))
 
 
+def state_bytes(state) -> int:
+    """Bytes of a state's leaves of more than one entry (scalars excluded); arrays or
+    ``jax.ShapeDtypeStruct``s alike."""
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state) if x.size > 1)
+
+
 def write_json(path, rows):
     """Writes the rows of an experiment (NumPy scalars as floats)."""
     Path(path).write_text(json.dumps(rows, indent=1, default=float))

@@ -35,6 +35,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import _common
 import _model_trees
 import jax
 import jax.numpy as jnp
@@ -99,8 +100,7 @@ def abstract(shapes: dict[str, tuple[int, ...]]) -> dict:
 
 def state_bytes(tx: optax.GradientTransformation, params) -> int:
     """Bytes of ``tx``'s state leaves of more than one entry (scalars excluded)."""
-    state = jax.eval_shape(tx.init, params)
-    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state) if x.size > 1)
+    return _common.state_bytes(jax.eval_shape(tx.init, params))
 
 
 def memory(tx: optax.GradientTransformation, params, donate: bool) -> dict:
@@ -314,7 +314,7 @@ def main(argv=None) -> dict:
     path = out / "footprint.json"
     backends = json.loads(path.read_text()).get("backends", {}) if path.exists() else {}
     backends[result["environment"]["backend"]] = result
-    path.write_text(json.dumps({"backends": backends}, indent=1))
+    _common.write_json(path, {"backends": backends})
     (out / "footprint.md").write_text(markdown(result))
     png = draw(result, out / "footprint.png")
     print(f"wrote {path}, {out / 'footprint.md'}" + (f" and {png}" if png else ""))

@@ -47,6 +47,7 @@ import statistics
 import time
 from pathlib import Path
 
+import _common
 import _model_trees
 import _step_report
 import _torch_step
@@ -235,7 +236,7 @@ def program_report(compiled, n: int) -> dict:
 
 
 def state_bytes_per_param(state, n: int) -> float:
-    return sum(x.nbytes for x in jax.tree.leaves(state) if x.size > 1) / n
+    return _common.state_bytes(state) / n
 
 
 def use_loop(mode: str, shapes) -> bool:
