@@ -144,7 +144,7 @@ def group_small_leaves(
     Example:
       >>> import jax, jax.numpy as jnp, optax, optclip
       >>> params = {"w": jnp.ones((300, 300)), "b": jnp.ones(300), "scale": jnp.ones(300)}
-      >>> tx = optclip.group_small_leaves(optclip.acclip(1e-3))
+      >>> tx = optclip.group_small_leaves(optclip.acclip(1e-3, rms_scale=True))
       >>> state = tx.init(params)
       >>> large, small = optax.tree.get(state, "mu")  # ACClip's momentum, packed
       >>> [x.shape for x in large], {k: x.shape for k, x in small.items()}

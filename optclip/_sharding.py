@@ -136,7 +136,7 @@ def state_shardings(
       >>> from jax.sharding import NamedSharding, PartitionSpec as P
       >>> mesh = jax.make_mesh((1,), ("data",))
       >>> params = {"w": jax.device_put(jax.numpy.zeros((4, 3)), NamedSharding(mesh, P()))}
-      >>> tx = optclip.acclip(1e-3)
+      >>> tx = optclip.acclip(1e-3, rms_scale=True)
       >>> shardings = optclip.state_shardings(tx, params, mesh)
       >>> state = jax.jit(tx.init, out_shardings=shardings)(params)
       >>> state[0].mu["w"].sharding.spec == P("data", None)

@@ -7,6 +7,8 @@ depend on the updates and errors would compound.
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -251,3 +253,26 @@ def test_cclip_can_skip_the_clip_fraction():
     u, state = tx.update({"w": jnp.ones(3)}, tx.init(params), params)
     np.testing.assert_allclose(u["w"], -0.1 * 0.05 * np.ones(3))
     assert float(optclip.clip_fraction(state)) == 0.0
+
+
+@pytest.mark.parametrize("rate", [1e-3, 3e-3, np.float32(1e-4), jnp.asarray(5e-3)])
+def test_printed_rule_acclip_at_an_adam_sized_rate_warns(rate):
+    with pytest.warns(UserWarning, match=r"`learning_rate`=.*rms_scale=True"):
+        optclip.acclip(rate)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: optclip.acclip(0.1),
+        lambda: optclip.acclip(1e-2),
+        lambda: optclip.acclip(1e-3, rms_scale=True),
+        lambda: optclip.acclip(optax.constant_schedule(1e-3)),
+        lambda: optax.inject_hyperparams(optclip.acclip)(learning_rate=0.3),
+    ],
+    ids=["sgd-rate", "at-the-bound", "rms-scale", "schedule", "injected"],
+)
+def test_acclip_at_its_own_scale_is_quiet(make):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make()
