@@ -10,8 +10,6 @@ depends on the decay's value (``optax.inject_hyperparams`` may pass it traced).
 
 from __future__ import annotations
 
-import warnings
-
 import jax
 import jax.numpy as jnp
 import optax
@@ -50,25 +48,6 @@ def _with_momentum(
     return optax.chain(ema_momentum(b1, mu_dtype), then)
 
 
-# The printed rule moves a coordinate by at most lr * tau (SGD's scale); below this rate, a
-# user has almost always taken Adam's rate (docs/acclip.md measured 0.1-1 as its range).
-_PRINTED_RULE_MIN_RATE = 1e-2
-
-
-def _warn_if_adam_sized(learning_rate: optax.ScalarOrSchedule, rms_scale: bool) -> None:
-    rate = _checks.static_value(learning_rate)
-    if rms_scale is True or rate is None or not 0 < rate < _PRINTED_RULE_MIN_RATE:
-        return
-    warnings.warn(
-        f"optclip.acclip: `learning_rate`={rate:g} with the printed rule (`rms_scale=False`), "
-        "whose steps are SGD-sized: it takes SGD's rates (0.1-1), and at an Adam-sized rate "
-        "its steps are hundreds of times smaller than Adam's. Pass `rms_scale=True` for "
-        "Adam's rates (docs/acclip.md).",
-        UserWarning,
-        stacklevel=3,
-    )
-
-
 def acclip(
     learning_rate: optax.ScalarOrSchedule,
     b1: Scalar = 0.9,
@@ -98,10 +77,8 @@ def acclip(
     * ``acclip(3e-3, rms_scale=True)``: the clipped momentum over ``sqrt(v_k) + eps``
       (``v`` an EMA of ``g^2``), at Adam's learning rates; a research option: it tied
       or beat Adam on one transformer and lost on another (``docs/acclip.md``).
-    * ``acclip(1.0)``: the printed rule moves each coordinate by at most
-      ``eta * tau_k``, an SGD-sized step, so its learning rates are SGD's: at
-      an Adam-sized learning rate its steps are hundreds of times too small, and
-      a concrete learning rate below 0.01 with this form warns (``UserWarning``).
+    * ``acclip(1.0)``: the printed rule moves each coordinate by at most ``eta * tau_k``,
+      an SGD-sized step, so it takes SGD's rates; below 0.01 it warns (``UserWarning``).
 
     See :func:`scale_by_acclip`.
 
@@ -143,7 +120,7 @@ def acclip(
       >>> [round(w, 6) for w in optax.apply_updates(params, updates)["w"].tolist()]
       [0.998, 0.998, 0.998]
     """
-    _warn_if_adam_sized(learning_rate, rms_scale)
+    _checks.warn_if_adam_sized(learning_rate, rms_scale)
     direction = scale_by_acclip(
         b1, b2, alpha, eps, initial_threshold, mu_dtype,
         rms_scale=rms_scale, robust=robust, spike_factor=spike_factor,

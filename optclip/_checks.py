@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 import jax
 import numpy as np
@@ -221,3 +222,23 @@ def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
         raise ValueError(
             f"`{name}` must be one of {', '.join(repr(c) for c in choices)}, got {value!r}."
         )
+
+
+# The printed rule moves a coordinate by at most lr * tau (SGD's scale); below this rate, a
+# user has almost always taken Adam's rate (docs/acclip.md measured 0.1-1 as its range).
+_PRINTED_RULE_MIN_RATE = 1e-2
+
+
+def warn_if_adam_sized(learning_rate: object, rms_scale: bool) -> None:
+    """Warns when the printed ACClip rule gets a concrete rate its steps are too small at."""
+    rate = static_value(learning_rate)
+    if rms_scale is True or rate is None or not 0 < rate < _PRINTED_RULE_MIN_RATE:
+        return
+    warnings.warn(
+        f"optclip.acclip: `learning_rate`={rate:g} with the printed rule (`rms_scale=False`), "
+        "whose steps are SGD-sized: it takes SGD's rates (0.1-1), and at an Adam-sized rate "
+        "its steps are hundreds of times smaller than Adam's. Pass `rms_scale=True` for "
+        "Adam's rates (docs/acclip.md).",
+        UserWarning,
+        stacklevel=3,
+    )

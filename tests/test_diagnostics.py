@@ -105,7 +105,7 @@ def _smoothness_along_gd(f, x0, lr, steps):
     @jax.jit
     def step(x, _):
         x_next = x - lr * grad(x)
-        return x_next, (optclip.global_norm(grad(x)), D.local_smoothness(grad, x, x_next))
+        return x_next, (optclip.numerics.global_norm(grad(x)), D.local_smoothness(grad, x, x_next))
 
     _, (gn, sm) = jax.lax.scan(step, x0, None, length=steps)
     return np.asarray(gn), np.asarray(sm)

@@ -111,6 +111,24 @@ def test_renamed_diagnostics_warn_and_still_work(old, new):
     assert old not in optclip.diagnostics.__all__
 
 
+@pytest.mark.parametrize("name", optclip.numerics.__all__)
+def test_helpers_moved_to_numerics_warn_and_still_work(name):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = getattr(optclip, name)
+    assert value is getattr(optclip.numerics, name)
+    assert any(
+        issubclass(w.category, DeprecationWarning) and f"optclip.numerics.{name}" in str(w.message)
+        for w in caught
+    )
+    assert name not in optclip.__all__
+
+
+def test_an_unknown_name_is_an_attribute_error():
+    with pytest.raises(AttributeError, match="no_such_name"):
+        optclip.no_such_name  # noqa: B018
+
+
 def test_dependency_floors_have_one_source():
     """pyproject.toml declares exactly the floors that optclip checks at import."""
     import tomllib
