@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import re
 import sys
 from typing import Any
@@ -100,6 +101,9 @@ _NAMES: dict[type, str] = {
 _SKIP = {ScaleByACClipState: {"eps"}, StochasticIngdState: {"key"}}
 # Per-coordinate thresholds, summarized: (the state, the field that holds them).
 _THRESHOLDS = {ScaleByACClipState: "tau", AlphaMomentThresholdState: "tau", AdaGCState: "gamma"}
+# Per-leaf values kept as one vector in the tree's leaf order (a tree would be sharded like the
+# params): named by leaf only when `statistics` is given the tree.
+_LEAF_VECTORS = {AdaGCState: ("gamma", "norms")}
 
 
 def _name(state) -> str:
@@ -118,74 +122,135 @@ def _is_scalar(x) -> bool:
     )
 
 
-def _of(state) -> dict[str, jax.Array]:
-    """The named scalars of one state (not of the states inside it)."""
-    kind = type(state)
-    stats = {
-        f: v
-        for f, v in zip(state._fields, state, strict=True)
-        if _is_scalar(v) and f not in _SKIP.get(kind, ())
+def _is_state(x) -> bool:
+    """A NamedTuple with fields: a transform's state (optax's empty ``MaskedNode`` is not)."""
+    return isinstance(x, tuple) and bool(getattr(x, "_fields", ()))
+
+
+def _is_vector(x, size: int) -> bool:
+    return isinstance(x, jax.Array | np.ndarray) and x.shape == (size,)
+
+
+def _leaf_path(path: tuple) -> str:
+    """A leaf's path in a tree as its statistics name it: entries joined by dots."""
+    return jax.tree_util.keystr(path, simple=True, separator=".")
+
+
+def _per_leaf(tree) -> dict[str, jax.Array]:
+    """``tree``'s leaves by path if it is a tree of scalars holding no state, else nothing."""
+    flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_state)[0]
+    if not flat or not all(_is_scalar(x) for _, x in flat):
+        return {}
+    return {_leaf_path(path): x for path, x in flat}
+
+
+def _summary(leaves: list) -> dict[str, jax.Array]:
+    mean = sum(jnp.sum(x, dtype=jnp.float32) for x in leaves) / sum(x.size for x in leaves)
+    return {
+        "threshold_mean": mean,
+        "threshold_max": jnp.max(jnp.stack([jnp.max(x) for x in leaves])),
     }
-    if isinstance(getattr(state, "hyperparams", None), dict):  # optax.inject_hyperparams
-        stats |= {k: v for k, v in state.hyperparams.items() if _is_scalar(v)}
-    if kind is ScaleByACClipState:
+
+
+def _of(state, names: list[str] | None) -> dict[str, jax.Array]:
+    """The named scalars of one state (not of the states inside it); ``names``: leaf paths."""
+    kind = type(state)
+    hyperparams = getattr(state, "hyperparams", None)
+    stats: dict[str, jax.Array] = {}
+    for field, value in zip(state._fields, state, strict=True):
+        if field in _SKIP.get(kind, ()):
+            continue
+        if _is_scalar(value):
+            stats[field] = value
+        elif isinstance(hyperparams, dict) and value is hyperparams:  # inject_hyperparams
+            stats |= {k: v for k, v in hyperparams.items() if _is_scalar(v)}
+        else:
+            stats |= {f"{field}/{path}": x for path, x in _per_leaf(value).items()}
+    if isinstance(getattr(kind, "clip_fraction", None), property):  # ACClip's, SPAM's: derived
         stats["clip_fraction"] = state.clip_fraction
     leaves = jax.tree.leaves(getattr(state, _THRESHOLDS.get(kind, ""), None))
     if leaves:
-        stats["threshold_mean"] = sum(jnp.sum(x, dtype=jnp.float32) for x in leaves) / sum(
-            x.size for x in leaves
-        )
-        stats["threshold_max"] = jnp.max(jnp.stack([jnp.max(x) for x in leaves]))
+        stats |= _summary(leaves)
+    for field in _LEAF_VECTORS.get(kind, ()):
+        vector = getattr(state, field)
+        if names is not None and _is_vector(vector, len(names)):  # a label's is shorter
+            stats |= {f"{field}/{name}": vector[i] for i, name in enumerate(names)}
     return stats
 
 
-def _states(node, path: tuple[str, ...], out: list) -> None:
-    """Every NamedTuple state inside ``node`` with the path that leads to it, in chain order."""
-    if isinstance(node, tuple) and hasattr(node, "_fields"):
-        out.append((path, node))
-        for field, value in zip(node._fields, node, strict=True):
-            _states(value, (*path, field), out)
+@dataclasses.dataclass
+class _Found:
+    """A state found in the walk, its scope, and (once named) its statistics and key prefix."""
+
+    scope: tuple[str, ...]
+    state: Any
+    stats: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
+    prefix: str = ""
+
+
+def _walk(node, scope: tuple[str, ...], before: list, after: list) -> None:
+    """Every state inside ``node`` with its scope (the dict keys on the way: ``named_chain``'s
+    names, ``multi_transform``'s labels), in chain order (``before``: a wrapper before what it
+    wraps) and in the order updates finish (``after``: the wrapped states first)."""
+    if _is_state(node):
+        entry = _Found(scope, node)
+        before.append(entry)
+        for value in node:
+            _walk(value, scope, before, after)
+        after.append(entry)
     elif isinstance(node, tuple | list):
-        for i, value in enumerate(node):
-            _states(value, (*path, str(i)), out)
-    elif isinstance(node, dict):  # optax.multi_transform's labels
+        for value in node:
+            _walk(value, scope, before, after)
+    elif isinstance(node, dict):
         for key, value in node.items():
-            _states(value, (*path, str(key)), out)
+            _walk(value, (*scope, str(key)), before, after)
 
 
-def _unboxed(opt_state):
-    """``opt_state`` with Flax NNX's variables replaced by the arrays they hold."""
+def _unboxed(tree):
+    """``tree`` with Flax NNX's variables replaced by the arrays they hold."""
     nnx = sys.modules.get("flax.nnx")
     if nnx is None:
-        return opt_state
+        return tree
     is_var = lambda x: isinstance(x, nnx.Variable)
     value = lambda v: v.get_value() if hasattr(v, "get_value") else v.value
-    return jax.tree.map(lambda x: value(x) if is_var(x) else x, opt_state, is_leaf=is_var)
+    return jax.tree.map(lambda x: value(x) if is_var(x) else x, tree, is_leaf=is_var)
 
 
-def statistics(opt_state: optax.OptState) -> dict[str, jax.Array]:
+def statistics(
+    opt_state: optax.OptState, params: optax.Params | None = None
+) -> dict[str, jax.Array]:
     """Every statistic an optimizer state keeps, as a flat mapping of named scalars.
 
     Reads any optimizer state of optclip or optax, however chained or wrapped
-    (``optax.chain``, ``optax.inject_hyperparams``, ``optax.MultiSteps``,
-    ``optax.apply_if_finite``, ``optax.multi_transform``, ``skip_step``, a Flax
-    NNX ``Optimizer``'s ``opt_state``), under ``jax.jit`` or outside it. Each
-    state contributes its scalars (a norm, a clip fraction, a count, a skip
-    flag, an injected hyperparameter) and, where it keeps per-coordinate or
+    (``optax.chain``, ``optax.named_chain``, ``optax.inject_hyperparams``,
+    ``optax.MultiSteps``, ``optax.apply_if_finite``, ``optax.multi_transform``,
+    ``skip_step``, ``record_norms``, a Flax NNX ``Optimizer``'s ``opt_state``),
+    under ``jax.jit`` or outside it. Each state contributes its scalars (a
+    norm, a clip fraction, a count, a skip flag, an injected hyperparameter),
+    one value per leaf of each field that is a tree of scalars (the per-leaf
+    norms of :func:`record_norms`), and, where it keeps per-coordinate or
     per-leaf thresholds, their mean and maximum (``threshold_mean``,
-    ``threshold_max``); ACClip's ``clip_fraction`` is derived from its state.
+    ``threshold_max``); a ``clip_fraction`` a state derives (ACClip's, SPAM's) is read too.
 
-    Keys are ``"<transform>/<statistic>"``, where ``<transform>`` names the
-    transform that keeps the state (``"clip_by_global_norm"``, ``"acclip"``,
-    ``"zclip"``; a state of another library is named from its class:
-    ``ScaleByAdamState`` gives ``"scale_by_adam"``). When several links of a
-    chain keep the same kind of state, each of their keys starts with its path
-    in the state, indices and field names joined by dots:
-    ``"0/clip_by_global_norm/norm"`` and ``"1.0/clip_by_global_norm/norm"``
-    for ``optax.chain(clip_by_global_norm(1.0), gclip(0.1, 2.0))``.
+    A key is ``[<scope>/]<transform>/<statistic>[/<leaf>]``. ``<transform>``
+    names the transform that keeps the state (``clip_by_global_norm``,
+    ``acclip``; another library's state is named from its class:
+    ``ScaleByAdamState`` gives ``scale_by_adam``); a second link of the same
+    kind in one scope is ``<transform>_1``, a third ``<transform>_2``, a
+    wrapped link counted before its wrapper. ``<scope>``: the
+    ``optax.named_chain`` names and ``optax.multi_transform`` labels around the
+    state, joined by ``/``. ``<leaf>``: the leaf's path in the parameter tree,
+    entries joined by dots (``layers.0.kernel``). No key holds a position in
+    the chain, so adding or wrapping links keeps every key, except that a link
+    added in front of one of its own kind renames it; naming links with
+    ``optax.named_chain`` pins every key (``docs/design.md``).
 
     Args:
       opt_state: an optimizer state.
+      params: optional, the parameter tree (or any tree of its structure, such
+        as the gradients); given, the per-leaf values a state keeps as one
+        vector in leaf order (AdaGC's ``gamma`` and ``norms``) get one key per
+        leaf too. Flax NNX variables are read as their values.
 
     Returns:
       A ``dict`` from key to scalar array (in chain order outside ``jax.jit``;
@@ -199,15 +264,25 @@ def statistics(opt_state: optax.OptState) -> dict[str, jax.Array]:
       >>> params = {"w": jnp.zeros(2)}
       >>> _, state = tx.update({"w": jnp.array([3.0, 4.0])}, tx.init(params), params)
       >>> {k: float(v) for k, v in optclip.statistics(state).items() if k.endswith("norm")}
-      {'0/clip_by_global_norm/norm': 5.0, '1.0/clip_by_global_norm/norm': 1.0}
+      {'clip_by_global_norm/norm': 5.0, 'clip_by_global_norm_1/norm': 1.0}
     """
-    found: list = []
-    _states(_unboxed(opt_state), (), found)
-    named = [(path, _name(state), _of(state)) for path, state in found]
-    named = [(path, name, stats) for path, name, stats in named if stats]
-    counts = collections.Counter(name for _, name, _ in named)
+    names = None
+    if params is not None:
+        flat = jax.tree_util.tree_flatten_with_path(_unboxed(params))[0]
+        names = [_leaf_path(path) for path, _ in flat]
+    before: list[_Found] = []
+    after: list[_Found] = []
+    _walk(_unboxed(opt_state), (), before, after)
+    for found in before:
+        found.stats = _of(found.state, names)
+    seen: collections.Counter = collections.Counter()
+    for found in after:  # a wrapped link is numbered before its wrapper
+        if found.stats:
+            kind = _name(found.state)
+            n = seen[found.scope, kind]
+            seen[found.scope, kind] += 1
+            found.prefix = "/".join((*found.scope, kind if n == 0 else f"{kind}_{n}"))
     out: dict[str, jax.Array] = {}
-    for path, name, stats in named:
-        prefix = f"{'.'.join(path)}/{name}" if counts[name] > 1 and path else name
-        out |= {f"{prefix}/{k}": v for k, v in stats.items()}
+    for found in before:
+        out |= {f"{found.prefix}/{k}": v for k, v in found.stats.items()}
     return out

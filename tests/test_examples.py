@@ -44,6 +44,20 @@ def test_noise_diagnostics_reports_both_models(tmp_path, capsys):
     assert "Reading:" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # about 9 s on two shared cores, most of it compiling
+def test_nnx_muon_trains_a_tiny_transformer(capsys):
+    pytest.importorskip("flax")
+    example = _load("nnx_muon")
+    losses = example.main(["--steps", "20"])
+    out = capsys.readouterr().out
+    # The default assignment: hidden matrices to Muon, embedding, head and vectors to AdamW.
+    assert "block/up/kernel: spectral -> Muon" in out
+    assert "block/attn/query/kernel: spectral -> Muon" in out
+    assert "embed/embedding: column -> AdamW" in out and "head/kernel: sign -> AdamW" in out
+    assert "block/down/kernel: dual norm" in out
+    assert losses[-1] < 0.5 * losses[0]
+
+
 def _run_on_8_cpu_devices(script: str, *args: str) -> str:
     """An example's stdout, run in a process of its own with 8 CPU devices, whatever this test's
     backend is; fails with its output if the example does."""
@@ -95,3 +109,47 @@ def test_notebooks_match_their_paired_sources():
         a = [c.source for c in jupytext.read(source).cells]
         b = [c.source for c in jupytext.read(notebook).cells]
         assert a == b, f"{notebook.name} is out of sync with {source.name}: run jupytext --sync"
+
+
+def _scalars(logdir: Path) -> dict[str, dict[int, float]]:
+    """Every scalar of the event files in ``logdir``, by tag and step: TFRecord framing (length,
+    its CRC, the record, its CRC) around ``Event`` protos, read without TensorBoard."""
+    from tensorboardX.proto import event_pb2
+
+    out: dict[str, dict[int, float]] = {}
+    for path in sorted(logdir.glob("events.out.tfevents.*")):
+        data, at = path.read_bytes(), 0
+        while at < len(data):
+            length = int.from_bytes(data[at : at + 8], "little")
+            event = event_pb2.Event.FromString(data[at + 12 : at + 12 + length])
+            at += 12 + length + 4
+            for value in event.summary.value:
+                out.setdefault(value.tag, {})[event.step] = value.simple_value
+    return out
+
+
+def test_tensorboard_logging_writes_every_statistic_per_layer(tmp_path, capsys):
+    pytest.importorskip("tensorboardX")
+    example = _load("tensorboard_logging")
+    last = example.main(["--logdir", str(tmp_path), "--steps", "12", "--spike-step", "10"])
+    assert "layers.1.kernel" in capsys.readouterr().out
+    scalars = _scalars(tmp_path)
+    # The tags, from the chain's definition: the named links' keys and the guard's.
+    leaves = [f"layers.{i}.{name}" for i in (0, 1) for name in ("bias", "kernel")]
+    per_leaf = {
+        f"agc/record_norms/{field}/{leaf}"
+        for field in ("grad_norm", "update_norm", "removed")
+        for leaf in leaves
+    }
+    guard = {f"apply_if_finite/{k}" for k in ("notfinite_count", "last_finite", "total_notfinite")}
+    assert set(scalars) == {"loss", "adam/scale_by_adam/count"} | guard | per_leaf
+    assert all(sorted(steps) == list(range(1, 13)) for steps in scalars.values())
+    assert scalars["adam/scale_by_adam/count"] == {s: float(s) for s in range(1, 13)}
+    for key, value in last.items():  # the file holds what the step returned
+        assert scalars[key][12] == pytest.approx(value, rel=1e-6), key
+    for leaf in leaves:
+        grad = scalars[f"agc/record_norms/grad_norm/{leaf}"]
+        out = scalars[f"agc/record_norms/update_norm/{leaf}"]
+        removed = scalars[f"agc/record_norms/removed/{leaf}"]
+        assert grad[10] > 20 * grad[9], leaf  # targets scaled 100x: every layer's gradient spikes
+        assert removed[10] == pytest.approx(1.0 - out[10] / grad[10], abs=1e-6), leaf

@@ -15,6 +15,17 @@ from __future__ import annotations
 import warnings
 
 from optclip._sampling import symmetric_alpha_stable
+from optclip.diagnostics._asymmetric_fit import fit_l0_l1_asymmetric
+from optclip.diagnostics._layer_smoothness import (
+    LayerFit,
+    LayerSmoothness,
+    fit_gluon,
+    fit_layer_l0_l1,
+    inverse_l1_by_kind,
+    layer_kinds,
+    layer_smoothness,
+    norm_pair,
+)
 from optclip.diagnostics._noise import noise_norms, variance_by_sample_size
 from optclip.diagnostics._plots import plot_noise_histogram, plot_smoothness
 from optclip.diagnostics._sharpness import sharpness
@@ -36,6 +47,16 @@ __all__ = [
     "fit_l0_l1",
     "local_smoothness",
     "sharpness",
+    # Layer-wise smoothness in the LMO norms, and Gluon from it.
+    "LayerFit",
+    "LayerSmoothness",
+    "fit_gluon",
+    "fit_l0_l1_asymmetric",
+    "fit_layer_l0_l1",
+    "inverse_l1_by_kind",
+    "layer_kinds",
+    "layer_smoothness",
+    "norm_pair",
     # Training statistics.
     "TrainingStats",
     "training_stats",
