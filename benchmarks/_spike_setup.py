@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import _lmo_setup
 import optax
 
 import optclip
@@ -13,6 +14,8 @@ import optclip
 WINDOWS = {"zclip_warmup": (25, 0.1), "adagc_warmup": (100, 0.1), "skip_window": (128, 0.2)}
 SPAM = dict(interval=500, warmup_steps=150, spike_free_steps=20)  # the interval <= a third
 AGC_CLIPPING = 0.01  # NFNets' unit-wise ratio for large batches (Brock et al. 2021)
+# Best of `lm_study.py --size small --steps 1000` (2 seeds; docs/choosing.md).
+MUON_LR, SCION_LR = 3e-3, 3e-4
 
 
 def windows(steps: int) -> dict:
@@ -42,7 +45,24 @@ METHODS = {  # name: (factory of a unit-peak schedule and the windows, peak lr)
     "acclip(rms)": (lambda s, w: optclip.acclip(s, rms_scale=True), 0.01),
     "acclip(rms, robust)": (lambda s, w: optclip.acclip(s, rms_scale=True, robust=True), 0.01),
     "generalized_signsgd": (lambda s, w: optclip.generalized_signsgd(s), 0.001),
+    # The per-layer LMO family (benchmarks/_lmo_setup.py), each at its best peak lr of
+    # `lm_study.py --size small --steps 1000` (Muon's matrices at ten times it); Gluon's
+    # factory is set in spikes.main() from a probe run, at its fitted steps.
+    "optax_muon": (lambda s, w: _lmo_setup.optax_muon(s), MUON_LR),
+    "muon": (lambda s, w: _lmo_setup.muon(s), MUON_LR),
+    "clip(1)+muon": (
+        lambda s, w: optax.chain(optclip.clip_by_global_norm(1.0), _lmo_setup.muon(s)),
+        MUON_LR,
+    ),
+    "adagc+muon": (
+        lambda s, w: optax.chain(optclip.adagc(warmup_steps=w["adagc_warmup"]), _lmo_setup.muon(s)),
+        MUON_LR,
+    ),
+    "scion": (lambda s, w: optclip.scion(s), SCION_LR),
+    _lmo_setup.GLUON: (None, 1.0),
 }
+LMO = ["optax_muon", "muon", "clip(1)+muon", "adagc+muon", "scion", _lmo_setup.GLUON]
+RECOMMENDED = "agc+adam"
 ADAPTIVE = ["zclip+adam", "adagc+adam", "spam", "skip-step adam"] + [
     m for m in METHODS if m.startswith("acclip")
 ]
@@ -68,3 +88,17 @@ def spike_steps(steps: int, kind: str) -> list[int]:
     if kind == "burst":
         return list(range(int(SPIKE_AT[1] * steps), int(SPIKE_AT[1] * steps) + BURST))
     return [int(f * steps) for f in SPIKE_AT]
+
+
+def lmo_verdict(table: dict, survivors: list[str]) -> str:
+    """Whether an LMO optimizer beats the recommendation (AGC + Adam) clean, beyond the seed
+    spread, and survives every spike scenario."""
+    r, wins = table[RECOMMENDED]["clean"], []
+    for m in (m for m in LMO if m in table):
+        a = table[m]["clean"]
+        if a["mean"] - r["mean"] < -math.hypot(a["std"], r["std"]) and m in survivors:
+            wins.append(m)
+    return (
+        f"(4) an LMO optimizer beats {RECOMMENDED} when clean, beyond the seed spread, and "
+        f"survives every scenario: {'holds for ' + ', '.join(wins) if wins else 'no'}"
+    )

@@ -36,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import _common
+import _lmo_rows
 import _model_trees
 import jax
 import jax.numpy as jnp
@@ -90,6 +91,8 @@ def optimizers() -> dict[str, tuple[optax.GradientTransformation, str | None]]:
         "optax.clip_gn+adam": (optax.chain(optax.clip_by_global_norm(1.0), adam()), ADAM),
         # docs/choosing.md's recommendation for a transformer.
         "optax.agc+adam": (optax.chain(optax.adaptive_grad_clip(0.01), adam()), ADAM),
+        # Per-layer LMO steps against optax's Muon given optclip.muon's Muon/AdamW split.
+        **_lmo_rows.rows(LR),
     }
 
 

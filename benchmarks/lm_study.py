@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import _byte_lm
+import _lmo_setup
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,6 +60,10 @@ OPTIMIZERS = {
         (1e-3, 3e-3, 1e-2, 3e-2),
     ),
     "sgd_momentum": (lambda s: optax.sgd(s, momentum=0.9), (0.03, 0.1, 0.3, 1.0)),
+    # The per-layer LMO family and its peer (benchmarks/_lmo_setup.py); Gluon's factory is
+    # set in main() from a probe run of the study's model.
+    **_lmo_setup.OPTIMIZERS,
+    _lmo_setup.GLUON: (None, _lmo_setup.GLUON_GRID),
 }
 REFERENCE = "adam"
 
@@ -365,6 +370,10 @@ def main(argv=None):
     corpus = _byte_lm.stdlib_corpus(max_bytes)
     study = _byte_lm.Study.make(size, corpus, jnp.dtype(dtype_name), val_batches)
     seeds = list(range(args.seeds))
+    fitted = None
+    if _lmo_setup.GLUON in names:  # its (L0_i, L1_i) from a probe run: no learning-rate grid
+        factory, fitted = _lmo_setup.fit(study)
+        OPTIMIZERS[_lmo_setup.GLUON] = (factory, _lmo_setup.GLUON_GRID)
     steps = args.steps or (40 if args.quick else None)
     chunk_guess = 10 if args.quick else 50
     if steps is None:
@@ -394,6 +403,7 @@ def main(argv=None):
         runs=[],
         seconds={},
         noise={},
+        gluon_radii=fitted,
     )
     progress = None
     try:

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import _byte_lm
+import _lmo_setup
 import jax
 import jax.numpy as jnp
 import lm_study
@@ -44,9 +45,11 @@ from _spike_setup import (
     EXCESS,
     MAX_ERRORS,
     METHODS,
+    RECOMMENDED,
     SCENARIOS,
     SWEEP,
     TOLERANCE,
+    lmo_verdict,
     spike_steps,
     windows,
 )
@@ -238,6 +241,8 @@ def verdicts(table: dict) -> list[str]:
             f"survives every scenario: {'holds for ' + ', '.join(better) if better else 'no'} "
             f"(clean gap/spread: {', '.join(gaps)}; ! = fails a scenario)"
         )
+    if RECOMMENDED in table:
+        lines.append(lmo_verdict(table, survivors))
     for plain, robust in (("acclip", "acclip(robust)"), ("acclip(rms)", "acclip(rms, robust)")):
         if plain in table and robust in table:
             fails = [s for s in spiky if not table[plain][s]["survives"]]
@@ -337,6 +342,7 @@ def parse(argv):
     ap.add_argument("--max-bytes", type=int, help="cut the training split to this many bytes")
     ap.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto")
     ap.add_argument("--group", type=int, help="runs vmapped at once (default: all on CPU, 8 else)")
+    ap.add_argument("--no-sweep", action="store_true", help="no lr sweep: the scenarios only")
     ap.add_argument("--out", default="out/benchmarks")
     args = ap.parse_args(argv)
     args.names = [n.strip() for n in re.split(r",(?![^(]*\))", args.methods)]  # not in (...)
@@ -395,6 +401,11 @@ def main(argv=None):
     corpus = _byte_lm.stdlib_corpus(max_bytes)
     study = _byte_lm.Study.make(size, corpus, jnp.dtype(dtype), val_batches)
     names, seeds, (leaf, leaf_name) = args.names, list(range(args.seeds)), target_leaf(study)
+    if args.no_sweep:
+        globals()["SWEEP"] = ()
+    if _lmo_setup.GLUON in names:  # its (L0_i, L1_i) from a probe run: no learning-rate grid
+        factory, _ = _lmo_setup.fit(study)
+        METHODS[_lmo_setup.GLUON] = (lambda s, w: factory(s), 1.0)
     steps = args.steps or (40 if args.quick else None)
     if steps is None:
         steps, per_step = plan_steps(study, names, seeds, leaf, group, args.budget_seconds)

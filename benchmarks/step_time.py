@@ -48,6 +48,7 @@ import time
 from pathlib import Path
 
 import _common
+import _lmo_rows
 import _model_trees
 import _step_report
 import _torch_step
@@ -110,6 +111,9 @@ def variants():
         "adagc+adam": (optax.chain(optclip.adagc(), optax.adam(LR)), "optax.clip_gn+adam"),
         "skip_step(adam)": (optclip.skip_step(optax.adam(LR)), "optax.clip_gn+adam"),
         "spam": (optclip.spam(LR), "optax.adam"),
+        "acclip(robust)": (optclip.acclip(LR, robust=True), "optax.adam"),
+        # Per-layer LMO steps against optax's Muon given optclip.muon's Muon/AdamW split.
+        **_lmo_rows.rows(LR),
         # The memory-bandwidth yardstick: read and write every parameter once.
         AXPY: (None, None),
     }
@@ -147,7 +151,10 @@ TARGETS = [
     ("zclip+adam", "optax.clip_gn+adam", 1.05),
     ("skip_step(adam)", "optax.clip_gn+adam", 1.05),
     ("adagc+adam", "optax.clip_gn+adam", 1.05),
-    ("spam", "optax.adam", 1.10),
+    ("spam", "optax.adam", 1.15),
+    ("muon", _lmo_rows.CONTRIB, 1.10),
+    ("scion", _lmo_rows.CONTRIB, 1.10),
+    ("gluon", _lmo_rows.CONTRIB, 1.10),
 ]
 
 

@@ -10,13 +10,11 @@ from optclip import _requirements
 
 _requirements.check()
 
-from optclip import diagnostics, problems, theory
+import warnings
+
+from optclip import diagnostics, numerics, problems, theory
 from optclip._acclip import ScaleByACClipState, scale_by_acclip
-from optclip._acclip_threshold import (
-    AlphaMomentThresholdState,
-    alpha_moment_update,
-    estimate_alpha_moment_threshold,
-)
+from optclip._acclip_threshold import AlphaMomentThresholdState, estimate_alpha_moment_threshold
 from optclip._adagc import AdaGCState, adagc
 from optclip._alias import (
     acclip,
@@ -28,19 +26,28 @@ from optclip._alias import (
     normalized_gd,
     normalized_momentum_sgd,
 )
-from optclip._coordinate_clip import ClipCoordinatewiseState, clip_coordinatewise, coordinate_clip
+from optclip._coordinate_clip import ClipCoordinatewiseState, clip_coordinatewise
 from optclip._equivalence import ClippingEquivalent, adam_as_clipping
 from optclip._global_clip import ClipByGlobalNormState, clip_by_global_norm
 from optclip._grouping import group_small_leaves
 from optclip._ingd import IngdResult, IngdStatus, ingd, ingd_oracle_bound
-from optclip._momentum import EmaMomentumState, ema_momentum, ema_update
+from optclip._lmo import LmoDims, dual_norm, lmo
+from optclip._lmo_alias import gluon, muon, scion
+from optclip._lmo_assign import default_lmo_norms
+from optclip._lmo_transform import (
+    LmoMomentumState,
+    ScaleByLmoState,
+    lmo_momentum,
+    scale_by_lmo,
+)
+from optclip._momentum import EmaMomentumState, ema_momentum
 from optclip._normalize import (
     NormalizeByGlobalNormState,
     ScaleByClipMomentumState,
     normalize_by_global_norm,
     scale_by_clip_momentum,
 )
-from optclip._numerics import clip_factor, global_norm
+from optclip._record_norms import RecordNormsState, record_norms
 from optclip._sharding import state_shardings
 from optclip._sign import (
     RunningRmsState,
@@ -76,6 +83,8 @@ __all__ = [
     "theory",
     # Submodule: test problems with known answers.
     "problems",
+    # Submodule: the numerical functions the transforms are made of.
+    "numerics",
     # Full optimizers.
     "acclip",
     "cclip",
@@ -87,6 +96,16 @@ __all__ = [
     "normalized_momentum_sgd",
     "spam",
     "stochastic_ingd",
+    # Per-layer steps along a linear minimization oracle (LMO): Muon, Scion, Gluon.
+    "gluon",
+    "muon",
+    "scion",
+    "default_lmo_norms",
+    "dual_norm",
+    "lmo",
+    "lmo_momentum",
+    "scale_by_lmo",
+    "LmoDims",
     # Spike-robust clipping, to chain in front of an optimizer (measured before Adam), and a
     # skip-step wrapper.
     "adagc",
@@ -118,13 +137,8 @@ __all__ = [
     "scale_by_reset_warmup",
     # Statistics.
     "clip_fraction",
+    "record_norms",
     "statistics",
-    # Functions the pieces are made of.
-    "alpha_moment_update",
-    "clip_factor",
-    "coordinate_clip",
-    "ema_update",
-    "global_norm",
     # Layout: small leaves packed by dtype (fewer kernels per step).
     "group_small_leaves",
     # Sharding: where the state lives on a mesh (ZeRO stage 1 / FSDP).
@@ -139,14 +153,31 @@ __all__ = [
     "ClipByGlobalNormState",
     "ClipCoordinatewiseState",
     "EmaMomentumState",
+    "LmoMomentumState",
     "NormalizeByGlobalNormState",
+    "RecordNormsState",
     "ResetPeriodicallyState",
     "RunningRmsState",
     "ScaleByACClipState",
     "ScaleByClipMomentumState",
+    "ScaleByLmoState",
     "ScaleByResetWarmupState",
     "ScaleBySpamState",
     "SkipStepState",
     "StochasticIngdState",
     "ZClipState",
 ]
+
+# Helpers that lived at the top level before 0.2.0; they are in `optclip.numerics` now.
+_MOVED = set(numerics.__all__)
+
+
+def __getattr__(name: str) -> object:
+    if name in _MOVED:
+        warnings.warn(
+            f"optclip.{name} moved to optclip.numerics.{name}; the old name will be removed.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(numerics, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -70,17 +70,28 @@ def _update(
     seeded = initial_threshold is None
     _gradient_checks.check_like(updates, state.mu, "the momentum")
     d2 = first_step_decay(b2, state.count, seeded)
-    raw = updates
+    raw, tau = updates, state.tau
+    spike_clip = lambda g, t: robust_clip_tree(
+        g, t, state.count, b2, alpha, initial_threshold, spike_factor
+    )
     if robust:
-        updates = robust_clip_tree(
-            updates, state.tau, state.count, b2, alpha, initial_threshold, spike_factor
-        )
+        updates = spike_clip(raw, tau)
     mu = jax.tree.map(lambda g, m: ema_update(g, m, b1), updates, state.mu)
-    tau = jax.tree.map(lambda t, g: alpha_moment_update(t, g, d2, alpha), state.tau, updates)
-    direction, _ = unzip(jax.tree.map(lambda m, t: coordinate_clip(m, t, eps), mu, tau), updates)
     rms = None
     if rms_scale:
+        if robust:
+            # Each moment recomputes the pre-clip, one after the other, instead of sharing it
+            # (XLA:CPU writes a shared one out), and the new threshold comes after every read
+            # of the old one, so it is written in place (docs/design.md, "SPAM's step in place").
+            mu, tau = jax.lax.optimization_barrier((mu, tau))
+            updates = spike_clip(raw, tau)
         rms = jax.tree.map(lambda r, g: alpha_moment_update(r, g, b2, 2.0), state.rms, updates)
+    if robust:
+        (mu, rms), tau = jax.lax.optimization_barrier(((mu, rms), tau))
+        updates = spike_clip(raw, tau)
+    tau = jax.tree.map(lambda t, g: alpha_moment_update(t, g, d2, alpha), tau, updates)
+    direction, _ = unzip(jax.tree.map(lambda m, t: coordinate_clip(m, t, eps), mu, tau), updates)
+    if rms is not None:
         direction = jax.tree.map(lambda u, r: u / (r + eps), direction, rms)
     out = jax.tree.map(lambda u, g: u.astype(g.dtype), direction, raw)
     return out, ScaleByACClipState(

@@ -178,11 +178,16 @@ def estimate_alpha_moment_threshold(
         del params
         _gradient_checks.check_like(updates, state.tau, "the threshold")
         d = first_step_decay(decay, state.count, initial_threshold is None)
+        tau = state.tau
         if robust:
             updates = robust_clip_tree(
-                updates, state.tau, state.count, decay, alpha, initial_threshold, spike_factor
+                updates, tau, state.count, decay, alpha, initial_threshold, spike_factor
             )
-        tau = jax.tree.map(lambda t, g: alpha_moment_update(t, g, d, alpha), state.tau, updates)
+            # The clipped updates are written out before the threshold is written over the one
+            # they read: one buffer (the output) instead of two (it and a copy of the old
+            # threshold; docs/design.md, "SPAM's step in place").
+            updates, tau = jax.lax.optimization_barrier((updates, tau))
+        tau = jax.tree.map(lambda t, g: alpha_moment_update(t, g, d, alpha), tau, updates)
         return updates, AlphaMomentThresholdState(
             optax.safe_increment(state.count), optax.tree.cast_like(tau, state.tau)
         )

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import optax
 
 from optclip import _checks, _gradient_checks
-from optclip._numerics import clip_factor, global_norm, leaf_norm_vector
+from optclip._numerics import clip_factor, combined_norm, leaf_norm_parts
+from optclip._scaled import ScaledNorm, divide, exponent_shift, norm_value, scale
 from optclip._types import Scalar
 
 
@@ -33,19 +34,33 @@ class AdaGCState(NamedTuple):
     clipped: jax.Array
 
 
-def _factors(norms, gamma, warming, global_factor, lambda_rel, beta):
-    """Per leaf (vectors in leaf order): the factor ``h_i``, whether it clips, the next ``gamma``.
+def _factors(parts, gamma, warming, lambda_abs, lambda_rel, beta):
+    """Per leaf (vectors in leaf order): the scaling ``h_i`` as an exponent shift and a factor
+    (``divide``), whether it clips, the next ``gamma`` and the norms.
 
     One vector computation for every leaf, not a scalar one per leaf: a model tree's 150-200
     leaves would otherwise cost as many small kernels.
     """
-    h = jnp.where(warming, global_factor, clip_factor(norms, lambda_rel * gamma))
-    clipped = jnp.where(warming, global_factor < 1.0, norms > lambda_rel * gamma)
-    new_gamma = jnp.where(
-        warming, jnp.minimum(gamma, h * norms), beta * gamma + (1.0 - beta) * h * norms
+    norms = norm_value(parts)
+    # The global norm from the leaves' norms: no second read of the update.
+    global_parts = combined_norm(parts)
+    global_norm = norm_value(global_parts)
+    global_clipped = clip_factor(global_norm, lambda_abs) < 1.0
+    threshold = lambda_rel * gamma
+    clipped = jnp.where(warming, global_clipped, norms > threshold)
+    numerator = jnp.where(warming, lambda_abs, threshold)
+    denominator = ScaledNorm(
+        *(jnp.where(warming, g, x) for g, x in zip(global_parts, parts, strict=True))
     )
+    shift, factor = divide(numerator, denominator, clipped)
+    # h_i ||g_i||, the clipped norm, through the same shift: finite where ||g_i|| is not.
+    kept = exponent_shift(parts.mantissa, parts.exponent + shift) * factor
+    kept = jnp.where(shift == 0, factor * norms, kept)  # the plain product, as before
+    new_gamma = jnp.where(warming, jnp.minimum(gamma, kept), beta * gamma + (1.0 - beta) * kept)
     # A NaN norm leaves its gamma, and compares false, so the NaN in the leaf survives.
-    return h, clipped, jnp.where(jnp.isfinite(norms), new_gamma, gamma).astype(jnp.float32)
+    finite = jnp.isfinite(parts.mantissa)
+    gamma = jnp.where(finite, new_gamma, gamma).astype(jnp.float32)
+    return (shift, factor), clipped, gamma, norms
 
 
 def adagc(
@@ -132,12 +147,15 @@ def adagc(
         if not flat_g:
             return updates, state._replace(count=optax.safe_increment(state.count))
         warming = state.count < warmup_steps
-        norms = leaf_norm_vector(flat_g)
-        # The global norm from the leaves' norms: no second read of the update.
-        global_factor = clip_factor(global_norm(norms), lambda_abs)
-        h, clipped, gamma = _factors(norms, state.gamma, warming, global_factor, lambda_rel, beta)
+        parts = leaf_norm_parts(flat_g)
+        (shift, h), clipped, gamma, norms = _factors(
+            parts, state.gamma, warming, lambda_abs, lambda_rel, beta
+        )
         # A clipped leaf is scaled; an unclipped one passes as it is.
-        out = [jnp.where(clipped[i], g * h[i], g).astype(g.dtype) for i, g in enumerate(flat_g)]
+        out = [
+            jnp.where(clipped[i], scale(g, shift[i], h[i]), g).astype(g.dtype)
+            for i, g in enumerate(flat_g)
+        ]
         sizes = jnp.asarray([g.size for g in flat_g], jnp.float32)
         return jax.tree.unflatten(treedef, out), AdaGCState(
             count=optax.safe_increment(state.count),

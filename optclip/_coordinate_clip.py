@@ -11,8 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from optclip import _checks, _gradient_checks
-from optclip._numerics import clip_factor, fraction_true
-from optclip._trees import unzip
+from optclip._numerics import clip_factor
 from optclip._types import Scalar, Threshold, at_step
 
 
@@ -51,6 +50,35 @@ def coordinate_clip(
     clipped = u32 * clip_factor(magnitude, tau)
     # A zero coordinate is left as it is, so it never counts as clipped.
     return clipped.astype(u.dtype), (magnitude > tau) & (u32 != 0)
+
+
+def count_above(updates: optax.Updates, tau: chex.ArrayTree, zero: jax.Array) -> jax.Array:
+    """How many coordinates have ``|u| > tau``, read without a parameter-sized mask.
+
+    XLA:CPU writes a comparison's mask out before any sum of it, and a reduction takes into its
+    loop no operand that another instruction uses too: so the count is written in arithmetic
+    the CPU backend's reduction fuses (``min(ceil(max(|u| - tau, 0)), 1)`` is 1 exactly where
+    ``|u| > tau``), and each leaf's operands and scalars pass through an optimization barrier of
+    their own, so that no common-subexpression elimination merges them with the clip's or with
+    another leaf's of the same shape (``docs/design.md``). A leaf's float32 sum is exact below
+    2^24 (16.7M) coordinates, in any order. A NaN coordinate makes the count NaN.
+
+    Args:
+      updates: the tree whose coordinates are counted.
+      tau: thresholds ``>= 0``: one for all leaves, or a tree of per-leaf (or per-element) ones.
+      zero: a float32 zero computed at run time (the compiler folds a constant through a
+        barrier, and then merges the broadcasts of equal leaves).
+
+    Returns:
+      The count, a float32 scalar.
+    """
+
+    def leaf(u, t):
+        u, t, z = jax.lax.optimization_barrier((u, jnp.asarray(t, jnp.float32), zero))
+        excess = jnp.abs(u).astype(jnp.float32) - (t + z)
+        return jnp.sum(jnp.minimum(jnp.ceil(jnp.maximum(excess, z)), z + 1.0))
+
+    return sum(jax.tree.leaves(map_threshold(leaf, updates, tau)), jnp.zeros((), jnp.float32))
 
 
 def check_threshold_tree(threshold: Threshold, params: optax.Params) -> None:
@@ -103,9 +131,9 @@ def clip_coordinatewise(
         or arrays matching the params (one threshold per leaf or per
         element), or a schedule of the step count returning either.
       track_clip_fraction: keyword-only; compute ``state.clip_fraction`` at
-        every step. The count is a reduction that XLA's CPU backend does not
-        fuse with the clip (``docs/performance.md`` has its cost); ``False``
-        leaves the field at 0.
+        every step, a count that reads the update a second time (no
+        parameter-sized mask; ``docs/performance.md`` has its cost). A NaN
+        coordinate makes it NaN. ``False`` leaves the field at 0.
 
     Returns:
       An :class:`optax.GradientTransformation` with state
@@ -140,8 +168,12 @@ def clip_coordinatewise(
         del params
         _gradient_checks.check_dtypes(updates)
         tau = at_step(threshold, state.count)
-        clipped, mask = unzip(map_threshold(coordinate_clip, updates, tau), updates)
-        fraction = fraction_true(mask) if track_clip_fraction else state.clip_fraction
+        clipped = map_threshold(lambda u, t: coordinate_clip(u, t)[0], updates, tau)
+        fraction = state.clip_fraction
+        if track_clip_fraction:  # |u| > tau, the clip's own test with eps = 0
+            size = sum(jnp.size(u) for u in jax.tree.leaves(updates))
+            zero = jnp.minimum(state.count, 0).astype(jnp.float32)  # the count is never negative
+            fraction = count_above(updates, tau, zero) / max(1, size)
         return clipped, ClipCoordinatewiseState(
             count=optax.safe_increment(state.count), clip_fraction=fraction
         )

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import optax
 
 from optclip import _checks, _gradient_checks
-from optclip._numerics import clip_factor, global_norm
+from optclip._numerics import global_norm_parts
+from optclip._scaled import divide, norm_value, scale
 from optclip._types import Threshold, at_step
 
 
@@ -47,9 +48,11 @@ def clip_by_global_norm(max_norm: Threshold) -> optax.GradientTransformation:
       ``"clip_by_global_norm/norm"`` and ``"clip_by_global_norm/clipped"``.
 
     Numerics follow the package rule (``docs/numerics.md``): a zero update with
-    ``max_norm = 0`` gives zeros (optax gives NaN); the norm of any finite
-    float32 tree is finite, even at 1e30 entries; NaN/inf in the update give a
-    NaN update so :func:`optax.apply_if_finite` can skip the step.
+    ``max_norm = 0`` gives zeros (optax gives NaN); any finite update, up to
+    its dtype's largest entries (a norm beyond float32's range included), is
+    clipped to length ``max_norm`` (the recorded ``norm`` is then inf, the
+    norm rounded to float32); NaN/inf in the update give a NaN update so
+    :func:`optax.apply_if_finite` can skip the step.
 
     With momentum in front (``optax.chain(optclip.ema_momentum(b1),
     optclip.clip_by_global_norm(tau))``) this is GClip of Zhang et al. (2020),
@@ -87,13 +90,18 @@ def clip_by_global_norm(max_norm: Threshold) -> optax.GradientTransformation:
         del params
         _gradient_checks.check_dtypes(updates)
         tau = jnp.asarray(at_step(max_norm, state.count), jnp.float32)
-        norm = global_norm(updates)
-        factor = clip_factor(norm, tau)
+        parts = global_norm_parts(updates)
+        norm = norm_value(parts)
         clipped = norm > tau
+        # tau / ||u|| as an exact exponent shift and a normal factor: a norm near or beyond
+        # float32's largest value would make the plain factor subnormal (flushed to 0) or 0.
+        shift, factor = divide(tau, parts, clipped)
         # An unclipped update passes through as it is, like optax's: multiplying by 1.0 would
         # flush subnormal entries to zero on backends that do (XLA:CPU). A NaN norm compares
         # false here, so the NaN in the update survives (the numerics rule).
-        updates = jax.tree.map(lambda u: jnp.where(clipped, u * factor, u).astype(u.dtype), updates)
+        updates = jax.tree.map(
+            lambda u: jnp.where(clipped, scale(u, shift, factor), u).astype(u.dtype), updates
+        )
         new_state = ClipByGlobalNormState(
             count=optax.safe_increment(state.count),
             norm=norm,

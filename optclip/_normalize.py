@@ -10,7 +10,8 @@ import optax
 
 from optclip import _checks, _gradient_checks
 from optclip._momentum import ema_update
-from optclip._numerics import clip_factor, global_norm, momentum_zeros, safe_divide
+from optclip._numerics import global_norm_parts, momentum_zeros
+from optclip._scaled import divide, norm_value, plus, scale
 from optclip._types import Scalar, Threshold, at_step
 
 
@@ -28,7 +29,8 @@ def normalize_by_global_norm(beta: Scalar = 0.0) -> optax.GradientTransformation
     ``beta = 0`` gives the unit direction ``u / ||u||`` (normalized momentum
     SGD after :func:`ema_momentum`); ``beta > 0`` gives the normalized GD step
     of Zhang et al. (2020b), ``h_n = eta / (||g|| + beta)``. A zero update stays
-    zero (``0/0 = 0``); the norm is overflow-safe.
+    zero (``0/0 = 0``); the norm is overflow-safe, and a finite update whose
+    norm is beyond float32's range still gives the unit direction.
 
     Args:
       beta: ``>= 0``.
@@ -46,12 +48,14 @@ def normalize_by_global_norm(beta: Scalar = 0.0) -> optax.GradientTransformation
     def update_fn(updates, state, params=None):
         del params
         _gradient_checks.check_dtypes(updates)
-        norm = global_norm(updates)
-        inv = safe_divide(jnp.float32(1.0), norm + beta)
-        # A finite update with an infinite norm cannot happen; an inf entry
-        # makes norm inf, inv 0 and the entry inf * 0 = NaN (the package rule).
-        out = jax.tree.map(lambda u: (u * inv).astype(u.dtype), updates)
-        return out, NormalizeByGlobalNormState(norm=norm)
+        parts = global_norm_parts(updates)
+        denominator = plus(parts, beta)
+        # 1 / (||u|| + beta) as an exact exponent shift and a normal factor, so a norm beyond
+        # float32's range still gives the unit direction. A zero norm divides by 1 (the update
+        # is zero); an inf entry makes the factor 0 and the entry inf * 0 = NaN (the rule).
+        shift, inv = divide(1.0, denominator, ~(denominator.mantissa <= 0))
+        out = jax.tree.map(lambda u: scale(u, shift, inv).astype(u.dtype), updates)
+        return out, NormalizeByGlobalNormState(norm=norm_value(parts))
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -119,14 +123,19 @@ def scale_by_clip_momentum(
         _gradient_checks.check_like(updates, state.mu, "the momentum")
         tau = jnp.asarray(at_step(threshold, state.count), jnp.float32)
         mu = jax.tree.map(lambda g, m: ema_update(g, m, b1), updates, state.mu)
-        m_norm, g_norm = global_norm(mu), global_norm(updates)
-        m_factor = nu * clip_factor(m_norm, tau)
-        g_factor = (1.0 - nu) * clip_factor(g_norm, tau)
-        out = jax.tree.map(
-            lambda m, g: (m_factor * m + g_factor * g.astype(m.dtype)).astype(g.dtype),
-            mu,
-            updates,
-        )
+        m_parts, g_parts = global_norm_parts(mu), global_norm_parts(updates)
+        m_norm, g_norm = norm_value(m_parts), norm_value(g_parts)
+        # Each clip factor as an exact exponent shift and a normal factor (see
+        # clip_by_global_norm); where a norm is not clipped the pair is (0, 1).
+        m_shift, m_clip = divide(tau, m_parts, m_norm > tau)
+        g_shift, g_clip = divide(tau, g_parts, g_norm > tau)
+        m_factor, g_factor = nu * m_clip, (1.0 - nu) * g_clip
+
+        def mix(m, g):
+            wide = g.astype(m.dtype)
+            return (scale(m, m_shift, m_factor) + scale(wide, g_shift, g_factor)).astype(g.dtype)
+
+        out = jax.tree.map(mix, mu, updates)
         return out, ScaleByClipMomentumState(
             count=optax.safe_increment(state.count),
             mu=optax.tree.cast_like(mu, state.mu),

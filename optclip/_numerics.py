@@ -10,10 +10,12 @@ Every transform in optclip follows one rule (also in ``docs/numerics.md``):
 2. **0/0 is the no-op value.** A clip factor ``min(1, tau / ||u||)`` with
    ``||u|| = 0`` is 1 (nothing to clip); a normalised or sign direction
    ``u / ||u||`` of a zero vector is 0.
-3. **Finite in, finite out.** For any finite float32 input, norms, moments and
-   thresholds are computed in forms that cannot overflow or underflow to the
-   wrong answer: rescaled global norms, ``hypot``-form root-mean-squares and
-   power means, so ``|g|^alpha`` and ``m^2`` are never formed directly.
+3. **Finite in, finite out.** For any finite input up to its dtype's largest
+   value, norms, moments and thresholds are computed in forms that cannot
+   overflow or underflow to the wrong answer: rescaled global norms carried as
+   mantissa and exponent (``_scaled.py``), updates scaled by an exact exponent
+   shift and a normal factor, ``hypot``-form root-mean-squares and power
+   means, so ``|g|^alpha`` and ``m^2`` are never formed directly.
 4. **float32 statistics.** Norms and running statistics are accumulated in
    float32 whatever the leaf dtype; updates leave a transform in the dtype they
    entered it, and state leaves keep the dtype ``init`` gave them.
@@ -32,6 +34,8 @@ import jax.numpy as jnp
 import optax
 
 from optclip._checks import static_value
+from optclip._scaled import ScaledNorm, exponent_shift, norm_value
+from optclip._square_sums import leaf_sums, sums_of_squares
 from optclip._types import Scalar
 
 # Below this sum of squares, float32 squares of the entries may have flushed
@@ -59,15 +63,6 @@ def norm_form() -> str:
 
 def _leaves(tree: chex.ArrayTree) -> list[jax.Array]:
     return [jnp.asarray(x) for x in jax.tree.leaves(tree)]
-
-
-def _magnitudes(x: jax.Array) -> list[jax.Array]:
-    """The float32 parts whose squares sum to ``|x|^2``: ``x`` itself, or a complex leaf's real
-    and imaginary parts (cast after the split, so the imaginary part survives)."""
-    if jnp.iscomplexobj(x):
-        x = x.astype(jnp.promote_types(x.dtype, jnp.complex64))
-        return [x.real.astype(jnp.float32), x.imag.astype(jnp.float32)]
-    return [x.astype(jnp.float32)]
 
 
 # Rescaling by 2^-96 and 2^96 goes through the float32 exponent bits (8 bits above 23 of
@@ -109,26 +104,9 @@ def _scaled_up(x: jax.Array) -> jax.Array:
 
 def _sums_of_squares(leaves: list[jax.Array], scalings: tuple) -> list[jax.Array]:
     """``sum |s(x)|^2`` over every leaf for each ``s`` in ``scalings`` (None: ``x`` itself), in
-    float32.
-
-    Several sums are one variadic reduction per leaf, which reads the leaf once whatever the
-    backend; summed one by one, XLA:CPU wrote each rescaled copy to memory first.
-    """
-    totals = [jnp.zeros((), jnp.float32) for _ in scalings]
-    for x in leaves:
-        for part in _magnitudes(x):
-            squares = tuple(jnp.square(part if s is None else s(part)) for s in scalings)
-            if len(squares) == 1:
-                sums: tuple = (jnp.sum(squares[0]),)
-            else:
-                sums = jax.lax.reduce(
-                    squares,
-                    tuple(jnp.zeros((), jnp.float32) for _ in squares),
-                    lambda a, b: tuple(p + q for p, q in zip(a, b, strict=True)),
-                    tuple(range(part.ndim)),
-                )
-            totals = [t + u for t, u in zip(totals, sums, strict=True)]
-    return totals
+    float32: one variadic reduction per large leaf and one for all small ones
+    (``_square_sums.py``)."""
+    return sums_of_squares(leaves, scalings)
 
 
 def _usable(sq: jax.Array) -> jax.Array:
@@ -136,32 +114,21 @@ def _usable(sq: jax.Array) -> jax.Array:
     return jnp.isfinite(sq) & (sq >= _SMALL_SQUARED_NORM)
 
 
-def _rescued(sq: jax.Array, down: jax.Array, up: jax.Array) -> jax.Array:
-    """The norm from the sum that neither overflowed nor underflowed.
+def _rescued(sq: jax.Array, down: jax.Array, up: jax.Array) -> ScaledNorm:
+    """The norm from the sum that neither overflowed nor underflowed, as ``m * 2^(+-96)``.
 
     A NaN plain sum fails ``sq > 1`` and reaches ``up``, NaN too; an infinite entry makes
-    ``down`` infinite (rule 1). The final scalings split 2^+-96 into an exact exponent shift of
-    2^+-48 and a float multiply by 2^+-48, whose square is in range; the multiply rounds a
-    subnormal norm and overflows a norm above float32's range to inf, as IEEE arithmetic does.
+    ``down`` infinite (rule 1).
     """
-    half = _SHIFT // 2
-    big = _times_power_of_two(jnp.sqrt(down), half) * 2.0**half
-    small = _times_power_of_two(jnp.sqrt(up), -half) * 2.0**-half
-    return jnp.where(sq > 1.0, big, small)
+    big = sq > 1.0
+    return ScaledNorm(jnp.sqrt(jnp.where(big, down, up)), jnp.where(big, _SHIFT, -_SHIFT))
 
 
-def _times_power_of_two(x: jax.Array, k: int) -> jax.Array:
-    """``x * 2^k`` through the exponent bits of a normal float32 ``x``; 0, inf and NaN are kept.
-
-    The caller keeps ``x * 2^k`` in the normal range (``_rescued``'s operands do).
-    """
-    exponent, bits = _exponent_and_bits(x)  # x >= 0 (a square root): bits are x's own
-    shifted = jax.lax.bitcast_convert_type(bits + (k << _MANTISSA_BITS), jnp.float32)
-    fits = (exponent > 0) & (exponent < _EXPONENT_INF)
-    return jnp.where(fits, shifted, x)
+def _plain(sq: jax.Array) -> ScaledNorm:
+    return ScaledNorm(jnp.sqrt(sq), jnp.zeros(jnp.shape(sq), jnp.int32))
 
 
-def _norm_cond(leaves: list[jax.Array]) -> jax.Array:
+def _parts_cond(leaves: list[jax.Array]) -> ScaledNorm:
     # One read in the common case; the rescaled sums (a second read) only when the plain sum is
     # unusable. A lax.cond is free on CPU, where its predicate already lives on the host.
     (sq,) = _sums_of_squares(leaves, (None,))
@@ -171,15 +138,41 @@ def _norm_cond(leaves: list[jax.Array]) -> jax.Array:
         leaves = jax.lax.optimization_barrier(leaves)
         return _rescued(sq, *_sums_of_squares(leaves, (_scaled_down, _scaled_up)))
 
-    return jax.lax.cond(_usable(sq), lambda leaves: jnp.sqrt(sq), rescue, leaves)
+    return jax.lax.cond(_usable(sq), lambda leaves: _plain(sq), rescue, leaves)
 
 
-def _norm_select(leaves: list[jax.Array]) -> jax.Array:
+def _parts_select(leaves: list[jax.Array]) -> ScaledNorm:
     # Three sums in one reduction per leaf and no control flow: on accelerators a lax.cond stops
     # the host every step to read its predicate (the GPU conditional copies it to the host and
     # waits for the stream).
     sq, down, up = _sums_of_squares(leaves, (None, _scaled_down, _scaled_up))
-    return jnp.where(_usable(sq), jnp.sqrt(sq), _rescued(sq, down, up))
+    return _pick(_usable(sq), _plain(sq), _rescued(sq, down, up))
+
+
+def _pick(where: jax.Array, a: ScaledNorm, b: ScaledNorm) -> ScaledNorm:
+    return ScaledNorm(*(jnp.where(where, x, y) for x, y in zip(a, b, strict=True)))
+
+
+def _norm_cond(leaves: list[jax.Array]) -> jax.Array:
+    return norm_value(_parts_cond(leaves))
+
+
+def _norm_select(leaves: list[jax.Array]) -> jax.Array:
+    return norm_value(_parts_select(leaves))
+
+
+def global_norm_parts(tree: chex.ArrayTree) -> ScaledNorm:
+    """:func:`global_norm` as ``mantissa * 2^exponent``, finite for every finite tree.
+
+    The exponent is 0 when the plain float32 sum of squares gave the norm (the mantissa is
+    then :func:`global_norm` itself) and ``+-96`` after a rescue; a norm above float32's range
+    has a finite mantissa here, where :func:`global_norm` is inf. Same forms
+    (``OPTCLIP_GLOBAL_NORM``) as :func:`global_norm`.
+    """
+    leaves = _leaves(tree)
+    if not leaves:
+        return _plain(jnp.zeros((), jnp.float32))
+    return _in_form(leaves, _parts_cond, _parts_select)
 
 
 def global_norm(tree: chex.ArrayTree) -> jax.Array:
@@ -193,8 +186,9 @@ def global_norm(tree: chex.ArrayTree) -> jax.Array:
     scaling done on the exponent bits, so no rewrite of the algebra by the
     compiler can change the answer (docs/numerics.md).
 
-    When the rescaled sums run is a choice of speed, not of result, made by
-    the environment variable ``OPTCLIP_GLOBAL_NORM`` when a program is traced:
+    When the rescaled sums run is a choice of speed, not of result (the forms
+    agree to float32 rounding; the order of additions is the compiler's), made
+    by the environment variable ``OPTCLIP_GLOBAL_NORM`` when a program is traced:
 
     * ``cond`` (default): only when needed, through a ``lax.cond``, on every
       backend. Free on CPU; on a GPU the conditional makes the host wait for
@@ -218,13 +212,10 @@ def global_norm(tree: chex.ArrayTree) -> jax.Array:
     Raises:
       ValueError: ``OPTCLIP_GLOBAL_NORM`` holds another value.
     """
-    leaves = _leaves(tree)
-    if not leaves:
-        return jnp.zeros((), jnp.float32)
-    return _in_form(leaves, _norm_cond, _norm_select)
+    return norm_value(global_norm_parts(tree))
 
 
-def _in_form(leaves: list[jax.Array], cond, select) -> jax.Array:
+def _in_form(leaves: list[jax.Array], cond, select) -> ScaledNorm:
     """``cond(leaves)`` or ``select(leaves)``, as ``OPTCLIP_GLOBAL_NORM`` says (``auto``: by
     the platform the program is compiled for)."""
     form = norm_form()
@@ -234,27 +225,29 @@ def _in_form(leaves: list[jax.Array], cond, select) -> jax.Array:
 
 
 def _leaf_sums(leaves: list[jax.Array], scalings: tuple) -> list[jax.Array]:
-    """Per leaf, :func:`_sums_of_squares` of that leaf alone, stacked: one vector per scaling."""
-    sums = [_sums_of_squares([x], scalings) for x in leaves]
-    return [jnp.stack([s[i] for s in sums]) for i in range(len(scalings))]
+    """Per leaf, :func:`_sums_of_squares` of that leaf alone: one vector per scaling, small
+    leaves stacked by size into one reduction a size bucket (``_square_sums.py``)."""
+    return leaf_sums(leaves, scalings)
 
 
-def _leaf_norms_select(leaves: list[jax.Array]) -> jax.Array:
+def _leaf_norms_select(leaves: list[jax.Array]) -> ScaledNorm:
     sq, down, up = _leaf_sums(leaves, (None, _scaled_down, _scaled_up))
-    return jnp.where(_usable(sq), jnp.sqrt(sq), _rescued(sq, down, up))
+    return _pick(_usable(sq), _plain(sq), _rescued(sq, down, up))
 
 
-def _leaf_norms_cond(leaves: list[jax.Array]) -> jax.Array:
+def _leaf_norms_cond(leaves: list[jax.Array]) -> ScaledNorm:
     (sq,) = _leaf_sums(leaves, (None,))
     # A zero sum is taken as a zero leaf (else a model with one all-zero leaf would run the
-    # rescue every step); any other unusable sum sends every leaf to the rescue.
+    # rescue every step); any other unusable sum sends every leaf to the rescue. Telling a
+    # zero leaf from one whose squares all flushed would need a second sum in the same pass
+    # (a variadic reduction): on XLA:CPU that made AdaGC + Adam a quarter slower.
     zero = sq == 0
 
     def rescue(leaves):
         leaves = jax.lax.optimization_barrier(leaves)
         return _leaf_norms_select(leaves)
 
-    return jax.lax.cond(jnp.all(_usable(sq) | zero), lambda leaves: jnp.sqrt(sq), rescue, leaves)
+    return jax.lax.cond(jnp.all(_usable(sq) | zero), lambda leaves: _plain(sq), rescue, leaves)
 
 
 def leaf_norms(tree: chex.ArrayTree) -> chex.ArrayTree:
@@ -271,12 +264,27 @@ def leaf_norms(tree: chex.ArrayTree) -> chex.ArrayTree:
     flat, treedef = jax.tree.flatten(tree)
     if not flat:
         return tree
-    return jax.tree.unflatten(treedef, list(leaf_norm_vector(flat)))
+    return jax.tree.unflatten(treedef, list(norm_value(leaf_norm_parts(flat))))
 
 
-def leaf_norm_vector(leaves: list[jax.Array]) -> jax.Array:
-    """:func:`leaf_norms` of a non-empty list of leaves, as one float32 vector in their order."""
+def leaf_norm_parts(leaves: list[jax.Array]) -> ScaledNorm:
+    """:func:`leaf_norms` of a non-empty list of leaves as one :class:`ScaledNorm` of vectors
+    in their order (finite mantissas for finite leaves, as :func:`global_norm_parts`)."""
     return _in_form(_leaves(leaves), _leaf_norms_cond, _leaf_norms_select)
+
+
+def combined_norm(norms: ScaledNorm) -> ScaledNorm:
+    """The Euclidean norm of a vector of norms (``sqrt(sum n_i^2)``), overflow-safe.
+
+    The norms are brought to the largest exponent among the nonzero ones (an exact shift;
+    one below float32's range against the largest is dropped), then :func:`global_norm_parts`
+    of that vector; with every exponent 0 this is ``global_norm`` of the mantissas.
+    """
+    m, k = norms
+    top = jnp.max(jnp.where(m > 0, k, -_SHIFT))
+    top = jnp.where(jnp.any(m > 0), top, 0)
+    inner = global_norm_parts(exponent_shift(m, k - top))
+    return ScaledNorm(inner.mantissa, inner.exponent + top)
 
 
 def momentum_zeros(params: optax.Params, dtype: jax.typing.DTypeLike) -> optax.Updates:

@@ -27,9 +27,10 @@ from jax.sharding import PartitionSpec as P
 
 @dataclasses.dataclass(frozen=True)
 class _Layout:
-    """A parameter's partition spec, held as one pytree leaf."""
+    """A parameter's partition spec and shape, held as one pytree leaf."""
 
     spec: tuple[object, ...]
+    shape: tuple[int, ...]
 
 
 def _axes(entry: object) -> tuple[str, ...]:
@@ -44,10 +45,11 @@ def _param_layout(path: jax.tree_util.KeyPath, param: object, mesh: Mesh) -> _La
     name = "params" + jax.tree_util.keystr(path)
     ndim = len(getattr(param, "shape", ()))
     sharding = getattr(param, "sharding", None)
+    shape = tuple(getattr(param, "shape", ()))
     if sharding is None or (
         not isinstance(sharding, NamedSharding) and sharding.is_fully_replicated
     ):
-        return _Layout((None,) * ndim)
+        return _Layout((None,) * ndim, shape)
     if not isinstance(sharding, NamedSharding):
         raise TypeError(
             f"state_shardings: {name} is split by a "
@@ -61,7 +63,7 @@ def _param_layout(path: jax.tree_util.KeyPath, param: object, mesh: Mesh) -> _La
             f"{dict(sharding.mesh.shape)} and devices {own}, not on the given mesh "
             f"({dict(mesh.shape)}, devices {given})"
         )
-    return _Layout(tuple(sharding.spec) + (None,) * (ndim - len(sharding.spec)))
+    return _Layout(tuple(sharding.spec) + (None,) * (ndim - len(sharding.spec)), shape)
 
 
 def _split_over(
@@ -103,7 +105,13 @@ def state_shardings(
     * a leaf with no dimension the data-axis size divides stays with its
       parameter.
 
-    Counts, scalar statistics and PRNG keys are replicated. The result is a
+    A state subtree mirrors the parameters when it has their tree structure
+    (leaves that ``optax.partition`` or ``optax.masked`` leave out, its
+    ``MaskedNode``s, count as leaves and stay ``MaskedNode``s); in it, a leaf
+    of its parameter's shape is placed as above and any other leaf (a scalar
+    per parameter, as :func:`optclip.scale_by_lmo` and
+    :func:`optclip.record_norms` keep) is replicated. Counts, scalar
+    statistics and PRNG keys are replicated. The result is a
     pytree shaped like the state, for ``jax.jit(optimizer.init,
     out_shardings=...)``, the train step's ``out_shardings`` and orbax restore
     targets. Training is the same as with a replicated state: every transform
@@ -159,15 +167,45 @@ def state_shardings(
             f"state_shardings: data_axis must be one of the mesh's axes "
             f"{list(mesh.axis_names)} or None, got {data_axis!r}"
         )
-    replicated = NamedSharding(mesh, P())
     layouts = jax.tree_util.tree_map_with_path(lambda k, p: _param_layout(k, p, mesh), params)
-    abstract = jax.eval_shape(optimizer.init, params)
+    return _shardings(jax.eval_shape(optimizer.init, params), layouts, mesh, data_axis)
 
-    def place(leaf: jax.ShapeDtypeStruct, layout: _Layout) -> NamedSharding:
-        if data_axis is None:
-            return NamedSharding(mesh, P(*layout.spec))
-        return NamedSharding(mesh, _split_over(layout.spec, leaf.shape, data_axis, mesh.shape))
 
-    return optax.tree_map_params(
-        optimizer, place, abstract, layouts, transform_non_params=lambda _: replicated
-    )
+def _shardings(
+    abstract: chex.ArrayTree, layouts: chex.ArrayTree, mesh: Mesh, data_axis: str | None
+) -> chex.ArrayTree:
+    """Each subtree of the abstract state with the params' structure placed leaf by leaf,
+    every other leaf replicated."""
+    replicated = NamedSharding(mesh, P())
+    param_def = jax.tree.structure(layouts)
+
+    def mirrors(node: object) -> bool:
+        structure = jax.tree.structure(node, is_leaf=_is_masked)
+        return bool(structure == param_def)  # type: ignore[operator]
+
+    def assign(node: object) -> object:
+        if not mirrors(node):
+            return replicated
+        flat = jax.tree.leaves(node, is_leaf=_is_masked)
+        placed = [
+            _place(x, lay, mesh, data_axis)
+            for x, lay in zip(flat, jax.tree.leaves(layouts), strict=True)
+        ]
+        return jax.tree.unflatten(param_def, placed)
+
+    return jax.tree.map(assign, abstract, is_leaf=mirrors)
+
+
+def _place(leaf: object, layout: _Layout, mesh: Mesh, data_axis: str | None) -> object:
+    """The sharding of one state leaf in a subtree that mirrors the parameters."""
+    if isinstance(leaf, optax.MaskedNode):
+        return leaf  # a leaf optax.partition or optax.masked leaves out
+    if tuple(getattr(leaf, "shape", ())) != layout.shape:
+        return NamedSharding(mesh, P())  # a per-leaf statistic (a scalar per parameter)
+    if data_axis is None:
+        return NamedSharding(mesh, P(*layout.spec))
+    return NamedSharding(mesh, _split_over(layout.spec, layout.shape, data_axis, mesh.shape))
+
+
+def _is_masked(x: object) -> bool:
+    return isinstance(x, optax.MaskedNode)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -10,7 +11,6 @@ import jax.numpy as jnp
 import optax
 
 from optclip import _checks, _gradient_checks
-from optclip._acclip_threshold import alpha_moment_update
 from optclip._momentum import ema_update
 from optclip._numerics import fraction_true, momentum_zeros
 from optclip._trees import unzip
@@ -48,6 +48,21 @@ def reset_warmup_scale(count: jax.Array, interval: Scalar, warmup_steps: Scalar)
     return jnp.where((t >= interval) & (s < warmup_steps), ramp, 1.0).astype(jnp.float32)
 
 
+def spike_bound(rms: jax.Array, threshold: Scalar, active: jax.Array) -> jax.Array:
+    """``sqrt(theta v)`` from ``rms = sqrt(v)``, float32; ``inf`` when the clip is off.
+
+    Args:
+      rms: ``sqrt(v) >= 0``.
+      threshold: ``theta``.
+      active: a boolean scalar, the clip's schedule.
+
+    Returns:
+      The bound on ``|g|``, shaped like ``rms``.
+    """
+    bound = jnp.sqrt(jnp.asarray(threshold, jnp.float32)) * rms.astype(jnp.float32)
+    return jnp.where(active, bound, jnp.inf)
+
+
 def spike_clip(
     g: jax.Array, rms: jax.Array, threshold: Scalar, active: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
@@ -58,31 +73,103 @@ def spike_clip(
     Written on ``rms = sqrt(v)``, as ``|g| > sqrt(theta) rms``, so no square is formed.
     A NaN ``g`` compares false and is kept (the numerics rule).
     """
-    bound = jnp.sqrt(jnp.asarray(threshold, jnp.float32)) * rms
+    bound = spike_bound(rms, threshold, active)
     mag = jnp.abs(g).astype(jnp.float32)
-    hit = (mag > bound) & active
+    hit = mag > bound
     if jnp.iscomplexobj(g):  # the modulus to the bound, the phase kept (rule 5)
         scaled = g * (bound / jnp.where(hit, mag, 1.0)).astype(g.dtype)
         return jnp.where(hit, scaled, g), hit
     # For real g, sign(g) min(|g|, bound) is a clip: cheap enough that XLA recomputes it in
     # each consumer (momentum, second moment) instead of writing the clipped gradient out.
-    bound = jnp.where(active, bound, jnp.inf).astype(g.dtype)
+    bound = bound.astype(g.dtype)
     return jnp.clip(g, -bound, bound), hit
 
 
-def reset_and_clip(updates, rms, count, threshold, b2, interval, spike_free_steps):
-    """SPAM's second moment: reset on schedule, the spike clip against it, then its update.
+# The float32 exponent field, the largest biased exponent a scale may take, twice the bias.
+_EXPONENT_MASK, _HIGHEST, _TWICE_BIAS = 0x7F800000, 253 << 23, 254 << 23
 
-    Returns the clipped updates, where they were clipped, the new ``sqrt(v)`` and the factor
-    (0 or 1) that resets the other moments.
+
+def moment_update(r: jax.Array, m: jax.Array, b2: Scalar) -> jax.Array:
+    """``sqrt(b2 r^2 + (1 - b2) m^2)`` for float32 ``r, m >= 0``: the EMA of ``g^2`` on its root.
+
+    :func:`jnp.hypot`'s result without its cost: both terms are scaled by the power of two
+    that brings the larger into ``[1, 2)`` (set through the exponent bits, so exact, and
+    capped so the scale and its inverse are normal floats), which keeps the squares from
+    overflowing or flushing to zero, and scaled back after the square root. A NaN or inf
+    term gives NaN or inf. About half of ``hypot``'s operations, none a division: this update
+    runs on every coordinate of every step.
+
+    Args:
+      r: the current ``sqrt(v) >= 0`` (float32).
+      m: the magnitude ``|g| >= 0`` of the gradient entering the EMA (float32).
+      b2: the decay ``beta_2``.
+
+    Returns:
+      The new ``sqrt(v)`` in float32.
     """
-    keep = 1.0 - reset_now(count, interval).astype(jnp.float32)
-    active = clip_on(count, interval, spike_free_steps, threshold)
-    rms = jax.tree.map(lambda r: r * keep, rms)
-    clip = lambda g, r: spike_clip(g, r, threshold, active)
-    clipped, hits = unzip(jax.tree.map(clip, updates, rms), updates)
-    rms = jax.tree.map(lambda r, g: alpha_moment_update(r, g, b2, 2.0), rms, clipped)
-    return clipped, hits, rms, keep
+    # ``1 - b2`` before the cast, as the EMA weights elsewhere: in float32 it loses 1e-5.
+    a = jnp.sqrt(jnp.asarray(b2, jnp.float32)) * r
+    b = jnp.sqrt(jnp.asarray(1.0 - b2, jnp.float32)) * m
+    top = jax.lax.bitcast_convert_type(jnp.maximum(a, b), jnp.int32) & _EXPONENT_MASK
+    # Only capped above (a scale of 2^-127 would be 0); a zero or subnormal top gives a 0 result,
+    # at most the smallest normal float from the true one (XLA:CPU flushes such inputs anyway).
+    top = jnp.minimum(top, _HIGHEST)
+    down = jax.lax.bitcast_convert_type(_TWICE_BIAS - top, jnp.float32)
+    up = jax.lax.bitcast_convert_type(top, jnp.float32)
+    a, b = a * down, b * down
+    return jnp.sqrt(a * a + b * b) * up
+
+
+def signed_second_moment(
+    updates: optax.Updates,
+    rms: optax.Updates,
+    first: optax.Updates,
+    old: Callable[[jax.Array], jax.Array],
+    bound: Callable[[jax.Array], jax.Array],
+    b2: Scalar,
+) -> tuple[optax.Updates, optax.Updates]:
+    """The new ``sqrt(v)`` from the clipped gradient, signed: negative where the clip cut it.
+
+    Every read of the old ``sqrt(v)`` (the clip inside ``first``) is ordered before the new
+    one is written over it: each leaf of ``first`` and of the old state passes through an
+    optimization barrier, so XLA:CPU updates ``sqrt(v)`` in place instead of copying the old
+    one aside (``docs/design.md``, "SPAM's step in place"). Only the clipped magnitude
+    ``min(|g|, bound)`` enters ``v``, whatever ``g``'s sign or phase.
+
+    Args:
+      updates: the raw gradient.
+      rms: the stored, signed ``sqrt(v)``.
+      first: what was computed from the clip before this (SPAM's momentum, or the clipped
+        gradient itself); returned through the barrier.
+      old: the stored value to the ``sqrt(v)`` the clip reads (magnitude, reset).
+      bound: ``sqrt(v) ->`` the clip's bound on ``|g|`` (:func:`spike_bound`).
+      b2: the decay of ``v``.
+
+    Returns:
+      ``first`` (through the barrier) and the new signed ``sqrt(v)``.
+    """
+
+    def leaf(g, f, r):
+        # One barrier per leaf: a leaf's update waits for its own reads, not for every leaf's.
+        f, r = jax.lax.optimization_barrier((f, r))
+        r = old(r)
+        cap, mag = bound(r), jnp.abs(g).astype(jnp.float32)
+        new = moment_update(r, jnp.minimum(mag, cap), b2)
+        return f, jnp.where(mag > cap, -new, new)
+
+    return unzip(jax.tree.map(leaf, updates, first, rms), updates)
+
+
+def signed_fraction(rms: optax.Updates) -> jax.Array:
+    """The fraction of entries of ``rms`` with the sign bit set, NaN entries not counted.
+
+    Args:
+      rms: a stored, signed ``sqrt(v)``.
+
+    Returns:
+      A float32 scalar.
+    """
+    return fraction_true(jax.tree.map(lambda r: jnp.signbit(r) & ~jnp.isnan(r), rms))
 
 
 def one_minus_power(decay: Scalar, k: jax.Array) -> jax.Array:
@@ -114,14 +201,23 @@ class ScaleBySpamState(NamedTuple):
     Attributes:
       count: steps taken (Adam's bias-correction count; never reset).
       mu: first moment ``m`` (``mu_dtype``, float32 by default).
-      rms: ``sqrt(v)``, the root of the second moment (float32).
-      clip_fraction: fraction of coordinates clipped at the last step (float32).
+      rms: ``sqrt(v)``, the root of the second moment (float32), stored with its sign bit set
+        at the coordinates the last step clipped: ``jnp.abs(rms)`` is ``sqrt(v)``.
     """
 
     count: jax.Array  # type: ignore[assignment]  # the field shadows tuple.count
     mu: optax.Updates
     rms: optax.Updates
-    clip_fraction: jax.Array
+
+    @property
+    def clip_fraction(self) -> jax.Array:
+        """Fraction of coordinates clipped at the last step (float32).
+
+        Read from the signs of ``rms`` instead of counted inside every step, where the count
+        costs a reduction pass over the gradient (``docs/design.md``, "SPAM's step in place").
+        A NaN entry (a NaN gradient reached it) is not counted.
+        """
+        return signed_fraction(self.rms)
 
 
 def scale_by_spam(
@@ -157,9 +253,11 @@ def scale_by_spam(
     each interval, where ``v`` is rebuilding; ``eps`` is added to ``sqrt(v)``
     before the bias correction, as in Hugging Face's AdamW.
 
-    Where it differs: the state keeps ``sqrt(v)`` (a ``hypot``-form EMA), so
-    a finite gradient of any size never overflows ``g^2``; results agree with
-    the ``v`` form to float32 rounding.
+    Where it differs: the state keeps ``sqrt(v)`` (a rescaled EMA,
+    :func:`moment_update`), so a finite gradient of any size never overflows
+    ``g^2``; results agree with the ``v`` form to float32 rounding. Its sign
+    marks the coordinates the last step clipped, which is where
+    ``clip_fraction`` is read from (the step counts nothing).
 
     Args:
       b1: first-moment decay in ``[0, 1)``.
@@ -192,27 +290,31 @@ def scale_by_spam(
             count=jnp.zeros([], jnp.int32),
             mu=momentum_zeros(params, dtype),
             rms=optax.tree.zeros_like(params, dtype=jnp.float32),
-            clip_fraction=jnp.zeros([], jnp.float32),
         )
 
     def update_fn(updates, state, params=None):
         del params
         _gradient_checks.check_like(updates, state.mu, "the first moment")
-        grads, hits, rms, keep = reset_and_clip(
-            updates, state.rms, state.count, threshold, b2, interval, spike_free_steps
-        )
-        mu = jax.tree.map(lambda m: m * keep.astype(m.dtype), state.mu)
-        mu = jax.tree.map(lambda g, m: ema_update(g, m, b1), grads, mu)
+        keep = 1.0 - reset_now(state.count, interval).astype(jnp.float32)
+        active = clip_on(state.count, interval, spike_free_steps, threshold)
+        # The stored sign marks last step's spikes; the magnitude is sqrt(v), reset on schedule.
+        old = lambda r: jnp.abs(r) * keep
+        clip = lambda g, r: spike_clip(g, r, threshold, active)
+        grads = jax.tree.map(lambda g, r: clip(g, old(r))[0], updates, state.rms)
+        mu = jax.tree.map(lambda g, m: ema_update(g, m * keep.astype(m.dtype), b1), grads, state.mu)
+        bound = lambda r: spike_bound(r, threshold, active)
+        mu, rms = signed_second_moment(updates, state.rms, mu, old, bound, b2)
         k = optax.safe_increment(state.count)
         step = reset_warmup_scale(state.count, interval, warmup_steps) * (
             jnp.sqrt(one_minus_power(b2, k)) / one_minus_power(b1, k)
         )
-        out = jax.tree.map(lambda m, r, g: (step * m / (r + eps)).astype(g.dtype), mu, rms, updates)
+        out = jax.tree.map(
+            lambda m, r, g: (step * m / (jnp.abs(r) + eps)).astype(g.dtype), mu, rms, updates
+        )
         return out, ScaleBySpamState(
             count=k,
             mu=optax.tree.cast_like(mu, state.mu),
             rms=optax.tree.cast_like(rms, state.rms),
-            clip_fraction=fraction_true(hits),
         )
 
     return optax.GradientTransformation(init_fn, update_fn)

@@ -13,8 +13,15 @@ import jax.numpy as jnp
 import optax
 
 from optclip import _checks, _gradient_checks
-from optclip._numerics import fraction_true
-from optclip._spam import reset_and_clip, reset_now, reset_warmup_scale
+from optclip._spam import (
+    clip_on,
+    reset_now,
+    reset_warmup_scale,
+    signed_fraction,
+    signed_second_moment,
+    spike_bound,
+    spike_clip,
+)
 from optclip._types import Scalar
 
 
@@ -23,13 +30,17 @@ class ClipBySecondMomentState(NamedTuple):
 
     Attributes:
       count: number of updates seen.
-      rms: ``sqrt(v)``, the EMA root-mean-square of the clipped updates (float32).
-      clip_fraction: fraction of coordinates clipped at the last step (float32).
+      rms: ``sqrt(v)``, the EMA root-mean-square of the clipped updates (float32), with its
+        sign bit set where the last step clipped, as :class:`ScaleBySpamState`'s.
     """
 
     count: jax.Array  # type: ignore[assignment]  # the field shadows tuple.count
     rms: optax.Updates
-    clip_fraction: jax.Array
+
+    @property
+    def clip_fraction(self) -> jax.Array:
+        """Fraction of coordinates clipped at the last step, read from the signs of ``rms``."""
+        return signed_fraction(self.rms)
 
 
 def clip_by_second_moment(
@@ -70,19 +81,23 @@ def clip_by_second_moment(
         return ClipBySecondMomentState(
             count=jnp.zeros([], jnp.int32),
             rms=optax.tree.zeros_like(params, dtype=jnp.float32),
-            clip_fraction=jnp.zeros([], jnp.float32),
         )
 
     def update_fn(updates, state, params=None):
         del params
         _gradient_checks.check_like(updates, state.rms, "the second moment")
-        out, hits, rms, _ = reset_and_clip(
-            updates, state.rms, state.count, threshold, b2, interval, spike_free_steps
-        )
+        keep = 1.0 - reset_now(state.count, interval).astype(jnp.float32)
+        active = clip_on(state.count, interval, spike_free_steps, threshold)
+        old = lambda r: jnp.abs(r) * keep
+        clip = lambda g, r: spike_clip(g, r, threshold, active)
+        out = jax.tree.map(lambda g, r: clip(g, old(r))[0], updates, state.rms)
+        # The clipped updates leave as a buffer of their own, written before sqrt(v) is
+        # written over the one they read (the optimizer after this reads them later).
+        bound = lambda r: spike_bound(r, threshold, active)
+        out, rms = signed_second_moment(updates, state.rms, out, old, bound, b2)
         return out, ClipBySecondMomentState(
             count=optax.safe_increment(state.count),
             rms=optax.tree.cast_like(rms, state.rms),
-            clip_fraction=fraction_true(hits),
         )
 
     return optax.GradientTransformation(init_fn, update_fn)

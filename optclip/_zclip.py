@@ -10,13 +10,17 @@ import jax.numpy as jnp
 import optax
 
 from optclip import _checks, _gradient_checks
-from optclip._numerics import global_norm, power_mean
+from optclip._numerics import global_norm_parts, power_mean
+from optclip._scaled import divide, norm_value, plus, scale
 from optclip._types import Scalar
 
 MODES = ("zscore", "percentile")
 CLIP_OPTIONS = ("adaptive_scaling", "mean")
 # torch.nn.utils.clip_grad_norm_'s guard, which the reference clips with: max / (norm + 1e-6).
 _TORCH_NORM_EPS = 1e-6
+# The statistics see a norm beyond float32's range as float32's largest value, and saturate
+# there themselves (docs/numerics.md): a float32 norm of float32 gradients can overflow.
+_LARGEST = float(jnp.finfo(jnp.float32).max)
 
 
 def _init(params) -> ZClipState:
@@ -60,35 +64,42 @@ def _update(updates, state, params=None, *, hp):
     del params
     alpha, max_grad_norm, warmup_steps = hp["alpha"], hp["max_grad_norm"], hp["warmup_steps"]
     _gradient_checks.check_dtypes(updates)
-    norm = global_norm(updates)
-    finite = jnp.isfinite(norm)
+    parts = global_norm_parts(updates)
+    true_norm = norm_value(parts)  # inf beyond float32's range
+    finite = jnp.isfinite(parts.mantissa)  # whether the gradient is
+    norm = jnp.minimum(true_norm, _LARGEST)
     warming = state.count < warmup_steps
     mean, std = state.mean, state.std
     bound, spike = _threshold(
         norm, mean, std, *(hp[k] for k in ("mode", "clip_option", "z_thresh", "eps", "clip_factor"))
     )
     spike = spike & ~warming & finite
-    absorbed = jnp.where(spike, bound, norm)
+    absorbed = jnp.minimum(jnp.where(spike, bound, norm), _LARGEST)
     limit = jnp.asarray(jnp.inf if max_grad_norm is None else max_grad_norm, jnp.float32)
     cap = jnp.where(warming, limit, jnp.minimum(absorbed, limit))
     # Warm-up clips as torch's clip_grad_norm_ (a factor max / (norm + 1e-6) whenever it is
     # below 1); after it, the authors clip only a norm above the threshold.
-    clipped = jnp.where(warming, norm + _TORCH_NORM_EPS > cap, norm > cap)
-    factor = jnp.where(clipped, cap / (norm + _TORCH_NORM_EPS), 1.0)
+    clipped = jnp.where(warming, true_norm + _TORCH_NORM_EPS > cap, true_norm > cap)
+    # cap / (norm + 1e-6) as an exact exponent shift and a normal factor (a norm near or
+    # beyond float32's range would flush the plain factor to 0).
+    shift, factor = divide(cap, plus(parts, _TORCH_NORM_EPS), clipped)
     factor = jnp.where(finite, factor, jnp.nan)  # the numerics rule: NaN in, NaN out
     # An unclipped update passes through as it is (no multiply by 1.0, which flushes
     # subnormals on some backends); a non-finite one becomes NaN everywhere.
-    scale = clipped | ~finite
-    updates = jax.tree.map(lambda u: jnp.where(scale, u * factor, u).astype(u.dtype), updates)
+    scaled = clipped | ~finite
+    updates = jax.tree.map(
+        lambda u: jnp.where(scaled, scale(u, shift, factor), u).astype(u.dtype), updates
+    )
 
     new_mean, new_std = _statistics(state, norm, absorbed, alpha, warming)
+    new_mean, new_std = jnp.minimum(new_mean, _LARGEST), jnp.minimum(new_std, _LARGEST)
     keep = ~finite | (spike & hp["skip_update_on_spike"])
     new_mean, new_std = jnp.where(keep, mean, new_mean), jnp.where(keep, std, new_std)
     return updates, ZClipState(
         count=jnp.where(finite, optax.safe_increment(state.count), state.count),
         mean=new_mean.astype(jnp.float32),
         std=new_std.astype(jnp.float32),
-        norm=norm,
+        norm=true_norm,
         clipped=(clipped & finite).astype(jnp.float32),
         spike=spike.astype(jnp.float32),
     )
@@ -103,7 +114,10 @@ class ZClipState(NamedTuple):
       std: root of the EMA of the squared deviation (the authors' ``sqrt(var)``);
         during warm-up, the population standard deviation of the norms so far.
         Kept as a root, in ``hypot`` form, so norms above ``1e19`` cannot overflow it.
-      norm: global norm of the last incoming update, before clipping.
+        The statistics see a norm beyond float32's range as float32's largest value
+        and saturate there themselves (docs/numerics.md).
+      norm: global norm of the last incoming update, before clipping, rounded to
+        float32 (inf beyond float32's range; the update is clipped by the exact norm).
       clipped: whether the last update was scaled down (float32 0 or 1).
       spike: whether the last norm was an outlier (float32 0 or 1; 0 during warm-up).
     """

@@ -116,6 +116,18 @@ CONSTRUCTION = [
     (lambda: optclip.skip_step(optax.adam(0.1), min_history=1), ValueError, ["`min_history`"]),
     (lambda: optclip.acclip(0.1, robust="yes"), TypeError, ["`robust`", "True or False"]),
     (lambda: optclip.acclip(0.1, spike_factor=0.5), ValueError, ["`spike_factor`", "[1, inf]"]),
+    # The LMO family.
+    (lambda: optclip.muon(0.02, beta=1.0), ValueError, ["`beta`", "[0, 1)", "1.0"]),
+    (lambda: optclip.muon(0.02, adam_eps=-1.0), ValueError, ["`adam_eps`", "[0, inf)"]),
+    (lambda: optclip.muon(0.02, ns_steps=2.5), TypeError, ["`ns_steps`", "2.5"]),
+    (lambda: optclip.scion(2.0), ValueError, ["`learning_rate`", "[0, 1]", "2.0"]),
+    (lambda: optclip.scion(0.1, alpha=1.5), ValueError, ["`alpha`", "(0, 1]", "1.5"]),
+    (lambda: optclip.gluon(1.0, -2.0), ValueError, ["`l1`", "[0, inf)", "-2.0"]),
+    (
+        lambda: optclip.scale_by_lmo(norms="nuclear").init({"w": jnp.ones(2)}),
+        ValueError,
+        ["`norms`"],
+    ),
 ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -304,7 +305,28 @@ STATE_ARRAYS = {
     "optax.sgd(momentum=0.9)": 1,
     "optax.clip_gn+adam": 2,
     "optax.agc+adam": 2,  # AGC keeps no state
+    # Muon: a momentum on the Muon leaves, AdamW's two moments on the rest (the split decides;
+    # on a tree of one matrix and small vectors, 1).
+    "optax.contrib.muon": 1,
+    "muon": 1,
+    "scion": 1,  # the average on every leaf
+    "gluon": 1,  # the momentum on every leaf
 }
+MUON_SPLIT = ("optax.contrib.muon", "muon")
+
+
+def _state_arrays(name, shapes):
+    """Parameter-sized float32 arrays per parameter on ``shapes``: 1 on Muon's leaves and 2 on
+    AdamW's for the Muon rows, ``STATE_ARRAYS`` otherwise."""
+    if name not in MUON_SPLIT:
+        return STATE_ARRAYS[name]
+    rows = _load("_lmo_rows")
+    spectral = lambda k, s: rows.norm_and_dims(k, np.broadcast_to(np.float32(0), s))[0]
+    sizes = {k: math.prod(s) for k, s in shapes.items()}
+    arrays = sum(sizes[k] * (1 if spectral(k, s) == "spectral" else 2) for k, s in shapes.items())
+    return arrays / sum(sizes.values())
+
+
 SMALL_TREE = {"w": (512, 512), "v": (256, 1024), "b": (512,), "s": (8,)}
 
 
@@ -417,7 +439,8 @@ def test_footprint_table_in_the_docs_has_every_optimizer_and_fresh_state_bytes()
         # State bytes do not depend on the backend or the jax version.
         fresh = footprint.state_bytes(tx, params) / n
         assert float(cells["state"]) == pytest.approx(fresh, abs=0.006), name
-        assert float(cells["state"]) == pytest.approx(4 * STATE_ARRAYS[name], abs=0.006), name
+        want = 4 * _state_arrays(name, shapes)
+        assert float(cells["state"]) == pytest.approx(want, abs=0.006), name
 
 
 def test_every_footprint_pair_is_asserted_by_the_compiled_memory_tests():

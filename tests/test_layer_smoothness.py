@@ -131,9 +131,10 @@ def test_quadratic_recovers_each_layers_curvature():
     }
     assert est.norms["embed"]["embedding"] == "sign"  # Gluon's GPT norms by default
     # c * sup ||D||_*/||D||: spectral (d_in=4, d_out=6): (d_out/d_in) min(d_in, d_out) = 6;
-    # sign (d_in, d_out): d_out/d_in (embedding 3/6, head 5/3); RMS over n: n = 5.
+    # sign (d_in, d_out): d_out/d_in (head 5/3; the embedding (vocab, dim) has fan-in dim,
+    # so 6/3); RMS over n: n = 5.
     want = {
-        "embed": {"embedding": 2.0 * 0.5},
+        "embed": {"embedding": 2.0 * 2.0},
         "hidden": {"kernel": 3.0 * 6.0, "bias": 0.5 * 5.0},
         "head": {"kernel": 4.0 * 5.0 / 3.0},
     }

@@ -332,3 +332,56 @@ def test_gluon_without_l0_is_unconstrained_scion():
             np.testing.assert_allclose(
                 got[key], want[key], rtol=1e-5, atol=1e-5, err_msg=f"{key} at step {k}"
             )
+
+
+# The Gluon paper's GPT norms: token and position tables and the head on the sign norm scaled
+# 1/d_in in torch terms; an nn.Embedding weight is (vocab, dim), which the authors' Sign divides
+# by shape[1] = dim. Flax stores the tables (vocab, dim) too: no transpose.
+GPT_PARAMS = {**SCION_PARAMS, "pos": jnp.asarray(_rand((7, 4), 24))}
+GPT_L0 = {**GLUON_L0, "pos": 0.2}
+GPT_L1 = {**GLUON_L1, "pos": 0.9}
+GPT_GROUPS = {
+    **{key: (norm, kw) for key, (norm, kw, _) in SCION_GROUPS.items()},
+    "embed/embedding": ("Sign", {}),
+    "pos": ("Sign", {}),
+}
+
+
+def test_gluons_default_embedding_step_is_the_authors_sign_over_dim():
+    norms, _ = optclip.default_lmo_norms(GPT_PARAMS)
+    assert norms["pos"] == "column"  # a position table is an embedding, not a hidden matrix
+    table = GPT_PARAMS["embed"]["embedding"]  # (vocab 10, dim 4)
+    tx = optclip.gluon(0.0, 1.0, beta=0.0)
+    one = {"embed": {"embedding": table}}
+    u = np.asarray(tx.update(one, tx.init(one))[0]["embed"]["embedding"])
+    np.testing.assert_array_equal(u, -ref.sign(np.asarray(table)))
+    np.testing.assert_allclose(np.abs(u), 1.0 / 4.0)  # 1/dim, not 1/vocab
+    groups = {
+        key: (norm, kw, _flat(GPT_L0)[key].item(), _flat(GPT_L1)[key].item())
+        for key, (norm, kw) in GPT_GROUPS.items()
+    }
+    tx = optclip.gluon(GPT_L0, GPT_L1, 0.5, 0.8)
+    count = iter(range(STEPS))
+
+    def ref_step(p, g, moms):
+        return ref.gluon_step(p, g, moms, groups, next(count), 0.5, 0.8)
+
+    runs = _run_both(tx, GPT_PARAMS, ref.scion_init, ref_step, SCION_TRANSPOSED)
+    for k, got, want in runs:
+        for key in got:
+            np.testing.assert_allclose(
+                got[key], want[key], rtol=1e-5, atol=1e-5, err_msg=f"{key} at step {k}"
+            )
+
+
+def test_muons_conv_scale_reads_the_unfolded_fan_in_where_kellers_reads_the_window():
+    # A 3x3 stem from 3 channels to 64: NS is the same; Keller's factor reads torch's last two
+    # axes (3, 3) and is 1, optclip's is sqrt(max(1, 64 / 27)).
+    kernel = _rand((3, 3, 3, 64), 30)  # Flax (h, w, d_in, d_out)
+    params = {"conv": {"kernel": jnp.zeros((3, 3, 3, 64))}}
+    tx = optclip.muon(1.0, beta=0.0, nesterov=False)
+    u, _ = tx.update({"conv": {"kernel": jnp.asarray(kernel)}}, tx.init(params), params)
+    got = -np.asarray(u["conv"]["kernel"]).T  # torch (d_out, d_in, w, h)
+    want, _ = ref.muon_update(kernel.T, np.zeros_like(kernel.T), beta=0.0, nesterov=False)
+    np.testing.assert_allclose(got, want * np.sqrt(64 / 27), **NS_TOL)
+    assert round(float(np.median(got / want)), 4) == 1.5396

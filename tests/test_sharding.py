@@ -176,3 +176,144 @@ def test_wrong_input_names_the_argument_and_the_leaf():
 
 def test_docstring_example_runs():
     assert doctest.testmod(optclip._sharding).failed == 0
+
+
+# --- the LMO family, record_norms and optax.contrib.muon ---------------------------------------
+
+LMO_SHAPES = {
+    "embed": {"embedding": (32, 16)},
+    "dense": {"kernel": (16, 24), "bias": (24,)},
+    "head": {"kernel": (24, 32)},
+}
+# FSDP: every matrix split over "data" (and the dense kernel over "model" too).
+LMO_FSDP = {
+    "embed": {"embedding": P("data", None)},
+    "dense": {"kernel": P("data", "model"), "bias": P("model")},
+    "head": {"kernel": P(None, "data")},
+}
+LMO_FAMILY = {
+    "muon": lambda: optclip.muon(0.02, weight_decay=0.1),
+    "scion": lambda: optclip.scion(0.05),
+    "gluon": lambda: optclip.gluon(0.1, 2.0),
+    "record_norms(adam)": lambda: optclip.record_norms(optax.adam(1e-2)),
+    "optax.contrib.muon": lambda: optax.contrib.muon(0.02),
+}
+
+
+def _lmo_tree(seed, mesh=None, specs=None):
+    rng = np.random.default_rng(seed)
+    host = {
+        mod: {k: rng.standard_normal(s).astype(np.float32) for k, s in leaves.items()}
+        for mod, leaves in LMO_SHAPES.items()
+    }
+    if mesh is None:
+        return jax.tree.map(jnp.asarray, host)
+    return {
+        mod: {
+            k: jax.device_put(v, NamedSharding(mesh, (specs or {}).get(mod, {}).get(k, P())))
+            for k, v in leaves.items()
+        }
+        for mod, leaves in host.items()
+    }
+
+
+def _lmo_train(tx, params, grads_at, steps=3, param_sh=None, state_sh=None):
+    def step(params, state, grads):
+        u, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, u), state
+
+    if param_sh is None:
+        step, init = jax.jit(step), jax.jit(tx.init)
+    else:
+        step = jax.jit(step, out_shardings=(param_sh, state_sh))
+        init = jax.jit(tx.init, out_shardings=state_sh)
+    state = init(params)
+    for t in range(steps):
+        params, state = step(params, state, grads_at(t))
+    return params, state
+
+
+@needs_8
+@pytest.mark.parametrize("name", list(LMO_FAMILY))
+def test_per_leaf_statistics_are_replicated_and_masked_leaves_pass_through(name):
+    mesh = _mesh()
+    tx = LMO_FAMILY[name]()
+    params = _lmo_tree(0, mesh)
+    sh = optclip.state_shardings(tx, params, mesh)
+    state = jax.jit(tx.init, out_shardings=sh)(params)
+    masked = lambda x: isinstance(x, optax.MaskedNode)
+    assert jax.tree.structure(sh, is_leaf=masked) == jax.tree.structure(state, is_leaf=masked)
+    mirrors = 0
+    shapes = {x.shape for x in jax.tree.leaves(params)}
+    for leaf in jax.tree.leaves(state):
+        if leaf.shape not in shapes:  # counts, per-leaf scalars, optax's NS coefficients
+            assert leaf.sharding.is_fully_replicated
+        else:  # a momentum or moment: ZeRO-1 splits it over "data"
+            mirrors += 1
+            assert "data" in jax.tree.leaves(tuple(leaf.sharding.spec)), leaf.shape
+            assert leaf.addressable_shards[0].data.nbytes * 2 == leaf.nbytes
+    assert mirrors >= 4
+
+
+@needs_8
+@pytest.mark.parametrize("name", ["muon", "scion", "gluon"])
+def test_fsdp_sharded_lmo_steps_equal_single_device_steps(name):
+    mesh = _mesh()
+    tx = LMO_FAMILY[name]()
+    params = _lmo_tree(0, mesh, LMO_FSDP)
+    param_sh = jax.tree.map(lambda p: p.sharding, params)
+    state_sh = optclip.state_shardings(tx, params, mesh)
+    got, state = _lmo_train(
+        tx, params, lambda t: _lmo_tree(10 + t, mesh, LMO_FSDP), 3, param_sh, state_sh
+    )
+    one = jax.devices()[0]
+    want, want_state = _lmo_train(
+        tx,
+        jax.device_put(_lmo_tree(0), one),
+        lambda t: jax.device_put(_lmo_tree(10 + t), one),
+    )
+    # Sharded matmuls sum per-shard partial products in another order; five quintic
+    # Newton-Schulz steps amplify that float32 rounding (as in tests/test_lmo_reference.py),
+    # so the bound is relative to how far the leaf moved: 3e-5 of it (measured: at most 9e-6,
+    # on the spectral kernel split over both axes; 0 on the other leaves).
+    start = jax.tree.leaves(_lmo_tree(0))
+    for a, b, p0 in zip(jax.tree.leaves(got), jax.tree.leaves(want), start, strict=True):
+        moved = float(np.max(np.abs(np.asarray(b) - np.asarray(p0))))
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=3e-5 * moved)
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(want_state), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+    # The state stays where state_shardings put it (FSDP: with the parameters).
+    kernel = [m for m in jax.tree.leaves(state) if m.shape == (16, 24)]
+    assert kernel and all(k.sharding.spec == P("data", "model") for k in kernel)
+
+
+@needs_8
+@pytest.mark.parametrize("name", ["muon", "scion", "gluon"])
+def test_lmo_steps_trace_on_explicit_mesh_axes_and_equal_single_device_steps(name):
+    # With Explicit axes a product over a split matrix axis does not trace (optax.contrib.muon
+    # fails here); the LMO gathers the matrix axes and keeps a lone batch axis split.
+    explicit = (jax.sharding.AxisType.Explicit,) * 2
+    mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=explicit)
+    specs = {**LMO_FSDP, "stack": {"kernel": P("model", "data", None)}}
+    rng = np.random.default_rng(3)
+    host = jax.tree.map(np.asarray, _lmo_tree(0))
+    host["stack"] = {"kernel": rng.standard_normal((4, 16, 8)).astype(np.float32)}
+    put = lambda tree: jax.tree.map(
+        lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), tree, specs
+    )
+    tx = LMO_FAMILY[name]()
+    params = put(host)
+    param_sh = jax.tree.map(lambda p: p.sharding, params)
+    # ZeRO-1's extra split of the state does not type-check against the gradient's with
+    # Explicit axes (for optax.adam too): the state follows the parameters.
+    state_sh = optclip.state_shardings(tx, params, mesh, data_axis=None)
+    grads = jax.tree.map(lambda x: 0.5 * x + 1.0, host)
+    got, _ = _lmo_train(tx, params, lambda t: put(grads), 2, param_sh, state_sh)
+    one = jax.devices()[0]
+    want, _ = _lmo_train(tx, jax.device_put(host, one), lambda t: jax.device_put(grads, one), 2)
+    pairs = zip(jax.tree.leaves(got), jax.tree.leaves(want), jax.tree.leaves(host), strict=True)
+    for a, b, p0 in pairs:
+        moved = float(np.max(np.abs(np.asarray(b) - p0)))
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=3e-5 * moved)
+    assert got["stack"]["kernel"].sharding.spec == P("model", "data", None)
+    assert got["dense"]["kernel"].sharding.spec == P("data", "model")

@@ -9,6 +9,7 @@ import optax
 import pytest
 
 import optclip
+from optclip import _spam
 from tests import _reference_spikes
 from tests.conftest import heavy_tailed_grads, initial_params
 
@@ -104,3 +105,71 @@ def test_state_is_adams_size():
     params = {"w": jnp.zeros((100, 10))}
     big = [x for x in jax.tree.leaves(optclip.spam(1e-3).init(params)) if x.size >= 1000]
     assert sum(x.nbytes for x in big) == 8 * 1000
+
+
+def test_the_stored_rms_is_sqrt_v_and_its_signs_count_the_authors_clips():
+    # The state keeps sqrt(v) with its sign bit set where the step clipped; clip_fraction reads
+    # the signs. Both against the authors' rule, the clip recounted here from their v.
+    threshold = 2.0
+    init_ref, step_ref = _reference_spikes.spam(1e-2, threshold=threshold, **SCHEDULE)
+    p_ref = {k: v.astype(np.float64) for k, v in initial_params().items()}
+    s_ref = init_ref(p_ref)
+    tx = optclip.spam(1e-2, threshold=threshold, **SCHEDULE)
+    params = jax.tree.map(jnp.asarray, initial_params())
+    state, update = tx.init(params), jax.jit(tx.update)
+    interval, free = SCHEDULE["interval"], SCHEDULE["spike_free_steps"]
+    seen = 0
+    for g in STREAM:
+        t = s_ref["total_step"]
+        on = t + 1 >= free and (t + 1) % interval >= free
+        reset = (t + 1) % interval == 0
+        hits = sum(
+            int(
+                np.sum(
+                    np.asarray(gk, np.float64) ** 2 > threshold * (0 if reset else s_ref["v"][k])
+                )
+            )
+            for k, gk in g.items()
+        )
+        d_ref, s_ref = step_ref(g, s_ref, p_ref)
+        p_ref = {k: p_ref[k] + d_ref[k] for k in p_ref}
+        _, state = update(jax.tree.map(jnp.asarray, g), state, params)
+        spam_state = state[0]
+        size = sum(np.size(gk) for gk in g.values())
+        assert float(spam_state.clip_fraction) == (hits / size if on else 0.0), t
+        for k in g:
+            rms = np.asarray(spam_state.rms[k])
+            np.testing.assert_allclose(np.abs(rms), np.sqrt(s_ref["v"][k]), rtol=2e-6, atol=1e-30)
+        seen += hits if on else 0
+    assert seen > 0  # the threshold is tight enough that the stream clips
+
+
+def test_a_nan_gradient_gives_a_nan_update_and_is_not_counted_as_clipped():
+    tx = optclip.scale_by_spam(threshold=4.0, interval=100, spike_free_steps=2)
+    state = tx.init({"w": jnp.zeros(3)})
+    _, state = tx.update({"w": jnp.array([1.0, 1.0, 1.0])}, state)
+    u, state = tx.update({"w": jnp.array([jnp.nan, 1e3, 0.01])}, state)  # bound 0.063
+    assert np.isnan(float(u["w"][0])) and np.isfinite(np.asarray(u["w"][1:])).all()
+    assert float(state.clip_fraction) == pytest.approx(1 / 3)  # the spike, not the NaN
+
+
+@pytest.mark.parametrize("b2", [0.999, 0.5, 0.0])
+def test_the_second_moment_update_is_overflow_safe_and_accurate(b2):
+    # sqrt(b2 r^2 + (1 - b2) g^2) in float64 from the same float32 inputs, over float32's range:
+    # squares of these overflow or flush to zero in float32.
+    rng = np.random.default_rng(0)
+    mags = np.float32([0.0, 1e-45, 1e-40, 1e-30, 1e-20, 1.0, 1e19, 1e30, 3e38, 3.4e38])
+    r, g = (x.ravel() for x in np.meshgrid(mags, mags))
+    r = np.concatenate([r, (10.0 ** rng.uniform(-37, 38, 5000)).astype(np.float32)])
+    g = np.concatenate([g, (10.0 ** rng.uniform(-37, 38, 5000) * rng.choice([-1, 1], 5000))])
+    g = g.astype(np.float32)
+    got = np.asarray(jax.jit(_spam.moment_update, static_argnums=2)(r, np.abs(g), b2), np.float64)
+    want = np.sqrt(b2 * np.float64(r) ** 2 + (1 - b2) * np.float64(g) ** 2)
+    normal = want > 1e-37  # a result in float32's normal range: to rounding
+    np.testing.assert_allclose(got[normal], want[normal], rtol=3e-7)
+    # Below it, within the normal range's floor (XLA:CPU may flush subnormals to zero).
+    np.testing.assert_allclose(got[~normal], want[~normal], atol=1.2e-38)
+    special = np.float32([np.inf, np.nan, 1.0])
+    out = np.asarray(_spam.moment_update(special, special[::-1], b2))
+    assert np.isinf(out[0]) if b2 > 0 else np.isnan(out[0])
+    assert np.isnan(out[1])

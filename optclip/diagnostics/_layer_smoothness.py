@@ -23,8 +23,16 @@ import optax
 
 from optclip import _checks
 from optclip._lmo import SPECTRAL_SCALES, LmoDims, _to_blocks, _view, spectral_scale_of
-from optclip._lmo_alias import _gluon_default, gluon
-from optclip._lmo_assign import HEAD_NAMES, VECTOR_NAMES, DimsSpec, NormSpec, _flat, resolve
+from optclip._lmo_alias import _gluon_assignment, gluon
+from optclip._lmo_assign import (
+    HEAD_NAMES,
+    VECTOR_NAMES,
+    DimsSpec,
+    NormSpec,
+    _flat,
+    is_embedding,
+    resolve,
+)
 from optclip.diagnostics._asymmetric_fit import fit_l0_l1_asymmetric
 from optclip.diagnostics._batches import Batches, LossFn, stack
 
@@ -114,7 +122,8 @@ def norm_pair(
 def layer_kinds(params: chex.ArrayTree) -> chex.ArrayTree:
     """Each leaf's kind by its path and rank, as :func:`optclip.default_lmo_norms` reads them.
 
-    ``"vector"``: rank <= 1 or named ``bias``/``scale``; ``"embedding"``: named ``embedding``;
+    ``"vector"``: rank <= 1 or named ``bias``/``scale``; ``"embedding"``: a token or position
+    table (named ``embedding``, ``pos``, ``wpe``, ...);
     ``"head"``: under a module named ``head``, ``lm_head``, ``output`` or ``logits``;
     ``"hidden"``: every other matrix.
 
@@ -127,7 +136,7 @@ def layer_kinds(params: chex.ArrayTree) -> chex.ArrayTree:
         name = path[-1] if path else ""
         if np.ndim(leaf) <= 1 or name in VECTOR_NAMES:
             out.append("vector")
-        elif name == "embedding":
+        elif is_embedding(path):
             out.append("embedding")
         elif any(p.lower() in HEAD_NAMES for p in path[:-1]):
             out.append("head")
@@ -193,9 +202,7 @@ def layer_smoothness(
       A :class:`LayerSmoothness`.
     """
     _checks.check_flag("same_batch", same_batch)
-    norm_list, dims_list, treedef = resolve(
-        params, _gluon_default if norms is None else norms, dims
-    )
+    norm_list, dims_list, treedef = resolve(params, *_gluon_assignment(norms, dims))
     batches, n = stack(batches)
     if not same_batch and n < 2:
         raise ValueError(f"`batches` needs at least 2 batches with same_batch=False, got {n}.")
