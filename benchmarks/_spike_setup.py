@@ -59,9 +59,13 @@ METHODS = {  # name: (factory of a unit-peak schedule and the windows, peak lr)
         MUON_LR,
     ),
     "scion": (lambda s, w: optclip.scion(s), SCION_LR),
+    # Gluon at its fitted steps, alone and behind the clips; set by with_gluon() in spikes.main().
     _lmo_setup.GLUON: (None, 1.0),
+    "clip(1)+gluon": (None, 1.0),
+    "adagc+gluon": (None, 1.0),
 }
-LMO = ["optax_muon", "muon", "clip(1)+muon", "adagc+muon", "scion", _lmo_setup.GLUON]
+GLUONS = [_lmo_setup.GLUON, "clip(1)+gluon", "adagc+gluon"]
+LMO = ["optax_muon", "muon", "clip(1)+muon", "adagc+muon", "scion", *GLUONS]
 RECOMMENDED = "agc+adam"
 ADAPTIVE = ["zclip+adam", "adagc+adam", "spam", "skip-step adam"] + [
     m for m in METHODS if m.startswith("acclip")
@@ -101,4 +105,17 @@ def lmo_verdict(table: dict, survivors: list[str]) -> str:
     return (
         f"(4) an LMO optimizer beats {RECOMMENDED} when clean, beyond the seed spread, and "
         f"survives every scenario: {'holds for ' + ', '.join(wins) if wins else 'no'}"
+    )
+
+
+def with_gluon(study) -> None:
+    """Gluon's factory from a probe run of ``study`` (``_lmo_setup.fit``), alone and behind the
+    clips, into ``METHODS``."""
+    gluon, _ = _lmo_setup.fit(study)
+    METHODS[_lmo_setup.GLUON] = (lambda s, w: gluon(s), 1.0)
+    clip = optclip.clip_by_global_norm(1.0)
+    METHODS["clip(1)+gluon"] = (lambda s, w: optax.chain(clip, gluon(s)), 1.0)
+    METHODS["adagc+gluon"] = (
+        lambda s, w: optax.chain(optclip.adagc(warmup_steps=w["adagc_warmup"]), gluon(s)),
+        1.0,
     )

@@ -32,7 +32,6 @@ import time
 from pathlib import Path
 
 import _byte_lm
-import _lmo_setup
 import jax
 import jax.numpy as jnp
 import lm_study
@@ -43,6 +42,7 @@ from _spike_setup import (
     AGC_CLIPPING,
     BASELINE,
     EXCESS,
+    GLUONS,
     MAX_ERRORS,
     METHODS,
     RECOMMENDED,
@@ -52,6 +52,7 @@ from _spike_setup import (
     lmo_verdict,
     spike_steps,
     windows,
+    with_gluon,
 )
 
 import optclip
@@ -343,6 +344,7 @@ def parse(argv):
     ap.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto")
     ap.add_argument("--group", type=int, help="runs vmapped at once (default: all on CPU, 8 else)")
     ap.add_argument("--no-sweep", action="store_true", help="no lr sweep: the scenarios only")
+    ap.add_argument("--scenarios", nargs="+", choices=[s for s in SCENARIOS if s != "clean"])
     ap.add_argument("--out", default="out/benchmarks")
     args = ap.parse_args(argv)
     args.names = [n.strip() for n in re.split(r",(?![^(]*\))", args.methods)]  # not in (...)
@@ -403,9 +405,10 @@ def main(argv=None):
     names, seeds, (leaf, leaf_name) = args.names, list(range(args.seeds)), target_leaf(study)
     if args.no_sweep:
         globals()["SWEEP"] = ()
-    if _lmo_setup.GLUON in names:  # its (L0_i, L1_i) from a probe run: no learning-rate grid
-        factory, _ = _lmo_setup.fit(study)
-        METHODS[_lmo_setup.GLUON] = (lambda s, w: factory(s), 1.0)
+    if set(GLUONS) & set(names):  # its (L0_i, L1_i) from a probe run: no learning-rate grid
+        with_gluon(study)
+    if args.scenarios:
+        globals()["SCENARIOS"] = {k: SCENARIOS[k] for k in ["clean", *args.scenarios]}
     steps = args.steps or (40 if args.quick else None)
     if steps is None:
         steps, per_step = plan_steps(study, names, seeds, leaf, group, args.budget_seconds)

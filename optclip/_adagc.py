@@ -63,6 +63,14 @@ def _factors(parts, gamma, warming, lambda_abs, lambda_rel, beta):
     return (shift, factor), clipped, gamma, norms
 
 
+def _scaled_leaves(leaves, clipped, shift, factor):
+    """A clipped leaf scaled by its ``(shift, factor)``; an unclipped one as it is."""
+    return [
+        jnp.where(clipped[i], scale(g, shift[i], factor[i]), g).astype(g.dtype)
+        for i, g in enumerate(leaves)
+    ]
+
+
 def adagc(
     lambda_abs: Scalar = 1.0,
     lambda_rel: Scalar = 1.05,
@@ -151,11 +159,7 @@ def adagc(
         (shift, h), clipped, gamma, norms = _factors(
             parts, state.gamma, warming, lambda_abs, lambda_rel, beta
         )
-        # A clipped leaf is scaled; an unclipped one passes as it is.
-        out = [
-            jnp.where(clipped[i], scale(g, shift[i], h[i]), g).astype(g.dtype)
-            for i, g in enumerate(flat_g)
-        ]
+        out = _scaled_leaves(flat_g, clipped, shift, h)
         sizes = jnp.asarray([g.size for g in flat_g], jnp.float32)
         return jax.tree.unflatten(treedef, out), AdaGCState(
             count=optax.safe_increment(state.count),

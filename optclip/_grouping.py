@@ -13,6 +13,7 @@ that packed layout, and the update is split back into the caller's tree.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import chex
 import jax
@@ -28,6 +29,16 @@ _NOT_PARAM_SHAPED = (
     "parameters (optax.tree_map_params, optclip.state_shardings) cannot place it; use the "
     "inner transformation with those tools."
 )
+
+
+class GroupSmallLeavesState(NamedTuple):
+    """State of :func:`group_small_leaves`: the inner state, on the packed buffers.
+
+    Attributes:
+      inner_state: the wrapped transformation's state.
+    """
+
+    inner_state: optax.OptState
 
 
 class _Packing:
@@ -171,7 +182,7 @@ def group_small_leaves(
         if not jax.tree.leaves(params) and not isinstance(params, dict | list | tuple):
             # optax.tree_map_params calls init with a leafless stand-in for the params.
             raise TypeError(_NOT_PARAM_SHAPED.format(what=f"a {type(params).__name__}"))
-        return inner.init(packed(params, "params")[1])
+        return GroupSmallLeavesState(inner.init(packed(params, "params")[1]))
 
     def update_fn(updates, state, params=None, **extra_args):
         packing, flat_updates = packed(updates, "updates")
@@ -179,8 +190,12 @@ def group_small_leaves(
         if params is not None:
             param_packing, flat_params = packed(params, "params")
             _check_same_groups(packing, param_packing)
-        flat_out, state = inner.update(flat_updates, state, flat_params, **extra_args)
+        flat_out, inner_state = inner.update(
+            flat_updates, state.inner_state, flat_params, **extra_args
+        )
         treedef = jax.tree.structure(updates)
-        return jax.tree.unflatten(treedef, packing.unpack(flat_out)), state
+        return jax.tree.unflatten(treedef, packing.unpack(flat_out)), GroupSmallLeavesState(
+            inner_state
+        )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -2,7 +2,8 @@
 
 Each is an :func:`optax.chain` of :func:`lmo_momentum`, :func:`scale_by_lmo`, a decay link and
 :func:`optax.scale_by_learning_rate`; Muon partitions the params first, the spectral leaves to
-that chain and the rest to :func:`optax.adamw` (``docs/normalized.md``).
+that chain and the rest to AdamW with its second moment kept on its root
+(``optclip._adam_rms``, finite for any finite gradient; ``docs/normalized.md``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 import optax
 
 from optclip import _checks
+from optclip._adam_rms import scale_by_adam_rms
 from optclip._lmo import LmoDims
 from optclip._lmo_assign import (
     DimsSpec,
@@ -67,8 +69,12 @@ def _adamw(lr, b1, b2, eps, weight_decay, nesterov, mu_dtype) -> optax.GradientT
     _checks.check_nonnegative("adam_eps", eps)
     _checks.check_nonnegative("adam_weight_decay", weight_decay, schedule=True)
     _checks.check_flag("adam_nesterov", nesterov)
-    return optax.adamw(
-        lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mu_dtype=mu_dtype, nesterov=nesterov
+    # optax.adamw's chain with its second moment on its root, so a finite gradient of any size
+    # leaves a finite state (the numerics rule; optax's `v` overflows above about 1.8e19).
+    return optax.chain(
+        scale_by_adam_rms(b1, b2, eps, nesterov=nesterov, mu_dtype=mu_dtype),
+        decoupled_weight_decay(weight_decay),
+        optax.scale_by_learning_rate(lr),
     )
 
 
@@ -104,7 +110,8 @@ def muon(
     on every leaf whose norm is ``"spectral"`` (by default the hidden matrices of
     :func:`optclip.default_lmo_norms`: dense, attention, convolution and stacked kernels),
     Keller Jordan's rules; every other leaf (embedding, head, biases, norm scales) gets
-    :func:`optax.adamw` with Keller Jordan's auxiliary settings. Newton-Schulz runs in float32.
+    AdamW with Keller Jordan's auxiliary settings (its second moment kept on its root, so a
+    finite gradient of any size leaves a finite state). Newton-Schulz runs in float32.
 
     Two settings reproduce other implementations (``tests/test_lmo_alias.py`` checks them):
 

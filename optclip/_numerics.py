@@ -121,7 +121,8 @@ def _rescued(sq: jax.Array, down: jax.Array, up: jax.Array) -> ScaledNorm:
     ``down`` infinite (rule 1).
     """
     big = sq > 1.0
-    return ScaledNorm(jnp.sqrt(jnp.where(big, down, up)), jnp.where(big, _SHIFT, -_SHIFT))
+    exponent = jnp.where(big, _SHIFT, -_SHIFT).astype(jnp.int32)  # int32 also under x64
+    return ScaledNorm(jnp.sqrt(jnp.where(big, down, up)), exponent)
 
 
 def _plain(sq: jax.Array) -> ScaledNorm:

@@ -121,7 +121,7 @@ def divide(
     return shift.astype(jnp.int32), factor
 
 
-def _shift_entries(x: jax.Array, k: jax.Array) -> jax.Array:
+def _shift_entries(x: jax.Array, k: jax.typing.ArrayLike) -> jax.Array:
     """``x * 2^k`` for the entries of an update, in few operations: exact for a normal result,
     0 for one below the normal range. With ``k == 0`` it is ``x`` (subnormal entries included).
 

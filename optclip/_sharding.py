@@ -24,6 +24,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from optclip._grouping import GroupSmallLeavesState
+from optclip._states import find_state
+
 
 @dataclasses.dataclass(frozen=True)
 class _Layout:
@@ -168,7 +171,15 @@ def state_shardings(
             f"{list(mesh.axis_names)} or None, got {data_axis!r}"
         )
     layouts = jax.tree_util.tree_map_with_path(lambda k, p: _param_layout(k, p, mesh), params)
-    return _shardings(jax.eval_shape(optimizer.init, params), layouts, mesh, data_axis)
+    abstract = jax.eval_shape(optimizer.init, params)
+    if find_state(abstract, GroupSmallLeavesState) is not None:
+        # Replicating the packed buffers would silently undo the sharding asked for.
+        raise TypeError(
+            "state_shardings: the state holds group_small_leaves' packed buffers, which are "
+            "not shaped like the parameters, so it cannot place it; use the inner "
+            "transformation with state_shardings."
+        )
+    return _shardings(abstract, layouts, mesh, data_axis)
 
 
 def _shardings(

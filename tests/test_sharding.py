@@ -275,11 +275,12 @@ def test_fsdp_sharded_lmo_steps_equal_single_device_steps(name):
     # Sharded matmuls sum per-shard partial products in another order; five quintic
     # Newton-Schulz steps amplify that float32 rounding (as in tests/test_lmo_reference.py),
     # so the bound is relative to how far the leaf moved: 3e-5 of it (measured: at most 9e-6,
-    # on the spectral kernel split over both axes; 0 on the other leaves).
+    # on the spectral kernel split over both axes), plus two float32 roundings of the value
+    # (AdamW's leaves, fused differently when split, differ by one).
     start = jax.tree.leaves(_lmo_tree(0))
     for a, b, p0 in zip(jax.tree.leaves(got), jax.tree.leaves(want), start, strict=True):
         moved = float(np.max(np.abs(np.asarray(b) - np.asarray(p0))))
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=3e-5 * moved)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2.4e-7, atol=3e-5 * moved)
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(want_state), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
     # The state stays where state_shardings put it (FSDP: with the parameters).
@@ -314,6 +315,6 @@ def test_lmo_steps_trace_on_explicit_mesh_axes_and_equal_single_device_steps(nam
     pairs = zip(jax.tree.leaves(got), jax.tree.leaves(want), jax.tree.leaves(host), strict=True)
     for a, b, p0 in pairs:
         moved = float(np.max(np.abs(np.asarray(b) - p0)))
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=3e-5 * moved)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2.4e-7, atol=3e-5 * moved)
     assert got["stack"]["kernel"].sharding.spec == P("model", "data", None)
     assert got["dense"]["kernel"].sharding.spec == P("data", "model")
