@@ -102,8 +102,19 @@ PAIRS = {
     "grouped(acclip)": (optclip.group_small_leaves(optclip.acclip(LR)), "optax.adam"),
     "optax.adamw": (optax.adamw(LR), "optax.adam"),
     "muon": (optclip.muon(LR), "optax.contrib.muon"),
+    # Scion and Gluon keep one momentum where optax's Muon keeps Adam's two moments on the
+    # non-matrix leaves: its temporaries bound theirs from above.
+    "scion": (optclip.scion(LR), "optax.contrib.muon"),
+    "gluon": (optclip.gluon(1.0, 10.0), "optax.contrib.muon"),
 }
 MARKS = {"skip_step(adam)": SKIP_COPY}
+# A lone vector: Scion's and Gluon's RMS step keeps one copy of it (XLA:CPU does not fuse the
+# scaling into its sum of squares), where optax's Muon runs AdamW on it with none
+# (docs/performance.md).
+VECTOR_COPY = pytest.mark.xfail(
+    strict=True, reason="the RMS step of a lone vector keeps one copy on XLA:CPU"
+)
+PAIR_TREE_MARKS = {("scion", "one leaf"): VECTOR_COPY, ("gluon", "one leaf"): VECTOR_COPY}
 
 
 @functools.cache
@@ -113,7 +124,9 @@ def _counterpart_temp_bytes(name: str, tree: str) -> int:
 
 @pytest.mark.parametrize("tree", TREES, ids=str)
 @pytest.mark.parametrize("name", [pytest.param(n, marks=MARKS.get(n, ()), id=n) for n in PAIRS])
-def test_no_parameter_sized_temporary_beyond_the_counterparts(name, tree):
+def test_no_parameter_sized_temporary_beyond_the_counterparts(name, tree, request):
+    if (name, tree) in PAIR_TREE_MARKS:
+        request.applymarker(PAIR_TREE_MARKS[name, tree])
     tx, counterpart = PAIRS[name]
     params = TREES[tree]
     extra = temp_bytes(tx, params) - _counterpart_temp_bytes(counterpart, tree)
