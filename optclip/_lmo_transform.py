@@ -233,8 +233,8 @@ def scale_by_lmo(
     def init_fn(params):
         norm_list, _, _ = resolve(params, norms, dims)
         _check_layer_values(params, norm_list, radius, l0, l1, gluon)
-        s = _scalars(params)
-        return ScaleByLmoState(dual_norm=s, step_length=s, ns_residual=s)
+        # Three trees of their own: one shared would be one buffer donated three times.
+        return ScaleByLmoState(*(_scalars(params) for _ in range(3)))
 
     def update_fn(updates, state, params=None):
         del params

@@ -98,8 +98,9 @@ def record_norms(
     inner = optax.with_extra_args_support(inner if inner is not None else optax.identity())
 
     def init_fn(params):
-        zeros = jax.tree.map(lambda _: jnp.zeros([], jnp.float32), params)
-        return RecordNormsState(zeros, zeros, zeros, inner.init(params))
+        # Three trees of their own: one shared would be one buffer donated three times.
+        g, u, r = (jax.tree.map(lambda _: jnp.zeros([], jnp.float32), params) for _ in range(3))
+        return RecordNormsState(g, u, r, inner.init(params))
 
     def update_fn(updates, state, params=None, **extra_args):
         out, inner_state = inner.update(updates, state.inner_state, params, **extra_args)

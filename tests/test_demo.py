@@ -31,14 +31,14 @@ def test_quick_transformer_demo_trains_on_two_seeds_and_saves_its_own_plot(
     monkeypatch.setattr(demo, "train_transformer", train_transformer)
     assert demo.main(["--quick", "--no-progress", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    for name in ("adam", "clip+adam", "adagc+adam", "kept training", "seeds 0-1", "Reading:"):
+    for name in ("adam", "clip+adam", "agc+adam", "kept training", "seeds 0-1", "Reading:"):
         assert name in out
-    assert f"The spike benchmark recommends {demo.RECOMMENDED}" in out
+    assert f"docs/choosing.md recommends {demo.RECOMMENDED} (before it, agc+adam)" in out
     # A quick run must not overwrite the full run's plot.
     assert (tmp_path / "demo_loss_quick.png").stat().st_size > 1000
     assert not (tmp_path / "demo_loss.png").exists()
     ((_, rows, curves),) = trained
-    assert [r["name"] for r in rows] == ["adam", "clip+adam", demo.RECOMMENDED, "adagc+adam"]
+    assert [r["name"] for r in rows] == ["adam", "clip+adam", "agc+adam", demo.RECOMMENDED]
     by = {r["name"]: r for r in rows}
     # The point of the demo: 1e4 spikes stall Adam; a clip of the raw gradient first does not.
     assert not demo.survives(by["adam"]) and demo.survives(by["clip+adam"])

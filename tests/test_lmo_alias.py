@@ -340,3 +340,13 @@ def test_muons_adam_link_is_optax_adam_with_its_second_moment_on_its_root(nester
     _, s_theirs = theirs.update(huge, theirs.init(params))
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(s_ours))
     assert not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(s_theirs.nu))
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_the_state_can_be_donated(name):
+    """No buffer appears twice in the state: a donated step would give it away twice."""
+    params = _params()
+    tx = OPTIMIZERS[name]()
+    step = jax.jit(lambda s, g, p: tx.update(g, s, p)[1], donate_argnums=0)
+    state = step(tx.init(params), _grads(params, 0), params)
+    step(state, _grads(params, 1), params)  # a repeated buffer raises here

@@ -228,3 +228,12 @@ def test_inside_a_label_only_that_labels_leaves_are_recorded_under_the_label():
     for path in ("layers.0.kernel", "out"):
         got = float(stats[f"x/record_norms/grad_norm/{path}"])
         assert got == pytest.approx(expected[path], rel=1e-5)
+
+
+def test_the_state_can_be_donated():
+    """No buffer appears twice in the state: a donated step would give it away twice."""
+    params = {"b": jnp.zeros(3), "w": jnp.ones((3, 2))}
+    tx = optax.chain(optclip.record_norms(optax.adaptive_grad_clip(0.01)), optax.adam(1e-2))
+    step = jax.jit(lambda s, g, p: tx.update(g, s, p)[1], donate_argnums=0)
+    grads = jax.tree.map(jnp.ones_like, params)
+    step(step(tx.init(params), grads, params), grads, params)
