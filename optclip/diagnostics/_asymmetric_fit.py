@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from optclip.diagnostics._tails import as_samples
+from optclip.diagnostics._smoothness import smoothness_samples
 
 
 def fit_l0_l1_asymmetric(
@@ -50,13 +50,7 @@ def fit_l0_l1_asymmetric(
       >>> round(l0, 6), round(l1, 6)
       (1.0, 2.0)
     """
-    g = as_samples(grad_norms, "grad_norms")
-    s = as_samples(smoothness, "smoothness")
-    if g.shape != s.shape or g.ndim != 1:
-        raise ValueError(
-            f"`grad_norms` and `smoothness` must be 1-D of equal length, got "
-            f"{g.shape} and {s.shape}."
-        )
+    g, s = smoothness_samples(grad_norms, smoothness)
     if not (np.isfinite(penalty) and penalty >= 0):
         raise ValueError(f"`penalty` must be a finite number >= 0, got {penalty}.")
     if max_iter < 1:

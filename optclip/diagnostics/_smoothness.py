@@ -14,6 +14,20 @@ from optclip._numerics import global_norm
 from optclip.diagnostics._tails import as_samples
 
 
+def smoothness_samples(
+    grad_norms: jax.typing.ArrayLike, smoothness: jax.typing.ArrayLike
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (gradient norm, smoothness) pairs an (L0, L1) fit reads, checked as 1-D and paired."""
+    g = as_samples(grad_norms, "grad_norms")
+    s = as_samples(smoothness, "smoothness")
+    if g.shape != s.shape or g.ndim != 1:
+        raise ValueError(
+            f"`grad_norms` and `smoothness` must be 1-D of equal length, got "
+            f"{g.shape} and {s.shape}."
+        )
+    return g, s
+
+
 def local_smoothness(
     grad_fn: Callable[[optax.Params], optax.Updates],
     x: optax.Params,
@@ -96,13 +110,7 @@ def fit_l0_l1(
     Raises:
       ValueError: fewer than 2 points, non-finite values, or mismatched lengths.
     """
-    g = as_samples(grad_norms, "grad_norms")
-    s = as_samples(smoothness, "smoothness")
-    if g.shape != s.shape or g.ndim != 1:
-        raise ValueError(
-            f"`grad_norms` and `smoothness` must be 1-D of equal length, got "
-            f"{g.shape} and {s.shape}."
-        )
+    g, s = smoothness_samples(grad_norms, smoothness)
     gbar = float(np.mean(g))
     tol = 1e-9 * max(1.0, float(np.max(np.abs(s))))
     cands = [(float(np.max(s)), 0.0)]
