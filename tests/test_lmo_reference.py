@@ -152,6 +152,15 @@ def _grads(flat_params, k, seed=0):
     }
 
 
+def _assert_every_step_close(runs) -> None:
+    """Each step's parameters, ours against the reference's, to float32 rounding."""
+    for k, got, want in runs:
+        for key in got:
+            np.testing.assert_allclose(
+                got[key], want[key], rtol=1e-5, atol=1e-5, err_msg=f"{key} at step {k}"
+            )
+
+
 def _run_both(tx, params, ref_init, ref_step, transposed):
     """Drive ``tx`` (Flax layout) and the torch-layout reference on the same gradients."""
     flat = _flat(params)
@@ -222,11 +231,7 @@ def test_muon_sends_the_rest_to_kellers_aux_adam():
         return new_p, new_s
 
     runs = _run_both(tx, SCION_PARAMS, ref_init, ref_step, SCION_TRANSPOSED)
-    for k, got, want in runs:
-        for key in got:
-            np.testing.assert_allclose(
-                got[key], want[key], rtol=1e-5, atol=1e-5, err_msg=f"{key} at step {k}"
-            )
+    _assert_every_step_close(runs)
 
 
 SCION_PARAMS = {
@@ -270,11 +275,7 @@ def test_scion_is_scions_step(unconstrained, alpha):
         return ref.scion_step(p, g, bufs, SCION_GROUPS, lr, alpha, unconstrained)
 
     runs = _run_both(tx, SCION_PARAMS, ref.scion_init, ref_step, SCION_TRANSPOSED)
-    for k, got, want in runs:
-        for key in got:
-            np.testing.assert_allclose(
-                got[key], want[key], rtol=1e-5, atol=1e-5, err_msg=f"{key} at step {k}"
-            )
+    _assert_every_step_close(runs)
 
 
 GLUON_NORMS = {
@@ -307,11 +308,7 @@ def test_gluon_is_the_clipped_lmo_step_on_scions_oracles(stochastic):
         return ref.gluon_step(p, g, moms, groups, next(count), 0.5, 0.8, stochastic)
 
     runs = _run_both(tx, SCION_PARAMS, ref.scion_init, ref_step, SCION_TRANSPOSED)
-    for k, got, want in runs:
-        for key in got:
-            np.testing.assert_allclose(
-                got[key], want[key], rtol=1e-5, atol=1e-5, err_msg=f"{key} at step {k}"
-            )
+    _assert_every_step_close(runs)
 
 
 def test_gluon_without_l0_is_unconstrained_scion():
@@ -327,11 +324,7 @@ def test_gluon_without_l0_is_unconstrained_scion():
         return ref.scion_step(p, g, bufs, groups, 0.05, 0.1, unconstrained=True)
 
     runs = _run_both(tx, SCION_PARAMS, ref.scion_init, ref_step, SCION_TRANSPOSED)
-    for k, got, want in runs:
-        for key in got:
-            np.testing.assert_allclose(
-                got[key], want[key], rtol=1e-5, atol=1e-5, err_msg=f"{key} at step {k}"
-            )
+    _assert_every_step_close(runs)
 
 
 # The Gluon paper's GPT norms: token and position tables and the head on the sign norm scaled
@@ -367,11 +360,7 @@ def test_gluons_default_embedding_step_is_the_authors_sign_over_dim():
         return ref.gluon_step(p, g, moms, groups, next(count), 0.5, 0.8)
 
     runs = _run_both(tx, GPT_PARAMS, ref.scion_init, ref_step, SCION_TRANSPOSED)
-    for k, got, want in runs:
-        for key in got:
-            np.testing.assert_allclose(
-                got[key], want[key], rtol=1e-5, atol=1e-5, err_msg=f"{key} at step {k}"
-            )
+    _assert_every_step_close(runs)
 
 
 def test_muons_conv_scale_reads_the_unfolded_fan_in_where_kellers_reads_the_window():
