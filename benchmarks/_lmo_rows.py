@@ -75,17 +75,17 @@ def norm_and_dims(key: str, leaf) -> tuple[str, optclip.LmoDims]:
     return norms[key], dims[key]
 
 
+def contrib_spec(norm: str, d: optclip.LmoDims) -> optax.contrib.MuonDimensionNumbers | None:
+    """``optax.contrib.muon``'s spec for one leaf: optclip's axes where optclip's Muon takes it
+    (the spectral norm), else None (AdamW)."""
+    if norm != "spectral":
+        return None
+    return optax.contrib.MuonDimensionNumbers(d.spatial_axes + d.reduction_axes, d.output_axes)
+
+
 def contrib_dimension_numbers(params: dict) -> dict:
     """``optax.contrib.muon``'s spec for a flat tree: optclip's spectral leaves, else None."""
-    out = {}
-    for key, leaf in params.items():
-        norm, d = norm_and_dims(key, leaf)
-        out[key] = (
-            optax.contrib.MuonDimensionNumbers(d.spatial_axes + d.reduction_axes, d.output_axes)
-            if norm == "spectral"
-            else None
-        )
-    return out
+    return {key: contrib_spec(*norm_and_dims(key, leaf)) for key, leaf in params.items()}
 
 
 def rows(lr: float) -> dict[str, tuple[optax.GradientTransformation, str | None]]:

@@ -7,6 +7,7 @@ learning rate, which every optimizer here is linear in)."""
 
 from __future__ import annotations
 
+import _lmo_rows
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,20 +29,12 @@ def _times(s: optax.ScalarOrSchedule, k: float) -> optax.ScalarOrSchedule:
     return (lambda t: k * s(t)) if callable(s) else k * s
 
 
-def _is_block_kernel(path, leaf) -> bool:
-    keys = [str(getattr(p, "key", getattr(p, "name", p))) for p in path]
-    return "blocks" in keys and "kernel" in keys and jnp.ndim(leaf) == 2
-
-
 def _peer_dimension_numbers(params):
-    """optax's Muon on the block matrices only (its default takes every 2-D leaf, embeddings
-    included), the same split as optclip's default assignment."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, x: (
-            optax.contrib.MuonDimensionNumbers(0, 1) if _is_block_kernel(path, x) else None
-        ),
-        params,
-    )
+    """optax's Muon on the leaves optclip's Muon takes, with the same axes (its default takes
+    every 2-D leaf, the embeddings included)."""
+    norms, dims = optclip.default_lmo_norms(params)
+    is_dims = lambda x: isinstance(x, optclip.LmoDims)
+    return jax.tree.map(_lmo_rows.contrib_spec, norms, dims, is_leaf=is_dims)
 
 
 def muon(s):
