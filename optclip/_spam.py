@@ -79,18 +79,18 @@ def spike_clip(
     if jnp.iscomplexobj(g):  # the modulus to the bound, the phase kept (rule 5)
         scaled = g * (bound / jnp.where(hit, mag, 1.0)).astype(g.dtype)
         return jnp.where(hit, scaled, g), hit
-    # For real g, sign(g) min(|g|, bound) is a clip: cheap enough that XLA recomputes it in
-    # each consumer (momentum, second moment) instead of writing the clipped gradient out.
-    bound = bound.astype(g.dtype)
-    return jnp.clip(g, -bound, bound), hit
+    # A select on the comparison, not jnp.clip: XLA's min and max carry NaN operands through,
+    # which costs three vector operations each on CPU, and the comparison is already made.
+    return jnp.where(hit, jnp.copysign(bound.astype(g.dtype), g), g), hit
 
 
 # The float32 exponent field, the largest biased exponent a scale may take, twice the bias.
 _EXPONENT_MASK, _HIGHEST, _TWICE_BIAS = 0x7F800000, 253 << 23, 254 << 23
 
 
-def moment_update(r: jax.Array, m: jax.Array, b2: Scalar) -> jax.Array:
-    """``sqrt(b2 r^2 + (1 - b2) m^2)`` for float32 ``r, m >= 0``: the EMA of ``g^2`` on its root.
+def moment_update(r: jax.Array, m: jax.Array, b2: Scalar, keep: Scalar = 1.0) -> jax.Array:
+    """``sqrt(b2 keep r^2 + (1 - b2) m^2)`` for float32 ``r, m >= 0``: the EMA of ``g^2`` on its
+    root, ``keep = 0`` restarting it from zero.
 
     :func:`jnp.hypot`'s result without its cost: both terms are scaled by the power of two
     that brings the larger into ``[1, 2)`` (set through the exponent bits, so exact, and
@@ -103,14 +103,19 @@ def moment_update(r: jax.Array, m: jax.Array, b2: Scalar) -> jax.Array:
       r: the current ``sqrt(v) >= 0`` (float32).
       m: the magnitude ``|g| >= 0`` of the gradient entering the EMA (float32).
       b2: the decay ``beta_2``.
+      keep: 1, or 0 to drop ``r`` (a reset), folded into ``r``'s scalar weight.
 
     Returns:
       The new ``sqrt(v)`` in float32.
     """
     # ``1 - b2`` before the cast, as the EMA weights elsewhere: in float32 it loses 1e-5.
-    a = jnp.sqrt(jnp.asarray(b2, jnp.float32)) * r
+    a = (jnp.sqrt(jnp.asarray(b2, jnp.float32)) * keep) * r
     b = jnp.sqrt(jnp.asarray(1.0 - b2, jnp.float32)) * m
-    top = jax.lax.bitcast_convert_type(jnp.maximum(a, b), jnp.int32) & _EXPONENT_MASK
+    # The larger exponent from the bits: for floats >= 0 the integer order is the float order,
+    # one vector operation where jnp.maximum's NaN handling costs four. A NaN still reaches
+    # the result through the products below.
+    bits = lambda x: jax.lax.bitcast_convert_type(x, jnp.int32)
+    top = jnp.maximum(bits(a), bits(b)) & _EXPONENT_MASK
     # Only capped above (a scale of 2^-127 would be 0); a zero or subnormal top gives a 0 result,
     # at most the smallest normal float from the true one (XLA:CPU flushes such inputs anyway).
     top = jnp.minimum(top, _HIGHEST)
@@ -124,9 +129,9 @@ def signed_second_moment(
     updates: optax.Updates,
     rms: optax.Updates,
     first: optax.Updates,
-    old: Callable[[jax.Array], jax.Array],
     bound: Callable[[jax.Array], jax.Array],
     b2: Scalar,
+    keep: Scalar,
 ) -> tuple[optax.Updates, optax.Updates]:
     """The new ``sqrt(v)`` from the clipped gradient, signed: negative where the clip cut it.
 
@@ -141,9 +146,10 @@ def signed_second_moment(
       rms: the stored, signed ``sqrt(v)``.
       first: what was computed from the clip before this (SPAM's momentum, or the clipped
         gradient itself); returned through the barrier.
-      old: the stored value to the ``sqrt(v)`` the clip reads (magnitude, reset).
-      bound: ``sqrt(v) ->`` the clip's bound on ``|g|`` (:func:`spike_bound`).
+      bound: ``|stored| ->`` the clip's bound on ``|g|`` (:func:`spike_bound`, with a reset
+        folded into its threshold).
       b2: the decay of ``v``.
+      keep: 1, or 0 where this step resets ``v`` (a scalar).
 
     Returns:
       ``first`` (through the barrier) and the new signed ``sqrt(v)``.
@@ -152,10 +158,13 @@ def signed_second_moment(
     def leaf(g, f, r):
         # One barrier per leaf: a leaf's update waits for its own reads, not for every leaf's.
         f, r = jax.lax.optimization_barrier((f, r))
-        r = old(r)
+        r = jnp.abs(r)
         cap, mag = bound(r), jnp.abs(g).astype(jnp.float32)
-        new = moment_update(r, jnp.minimum(mag, cap), b2)
-        return f, jnp.where(mag > cap, -new, new)
+        # min(|g|, cap) as a select on the comparison the sign needs anyway; a NaN |g|
+        # compares false and enters v (XLA's minimum would cost three more operations).
+        hit = mag > cap
+        new = moment_update(r, jnp.where(hit, cap, mag), b2, keep)
+        return f, jnp.where(hit, -new, new)
 
     return unzip(jax.tree.map(leaf, updates, first, rms), updates)
 
@@ -297,13 +306,15 @@ def scale_by_spam(
         _gradient_checks.check_like(updates, state.mu, "the first moment")
         keep = 1.0 - reset_now(state.count, interval).astype(jnp.float32)
         active = clip_on(state.count, interval, spike_free_steps, threshold)
-        # The stored sign marks last step's spikes; the magnitude is sqrt(v), reset on schedule.
-        old = lambda r: jnp.abs(r) * keep
-        clip = lambda g, r: spike_clip(g, r, threshold, active)
-        grads = jax.tree.map(lambda g, r: clip(g, old(r))[0], updates, state.rms)
+        # The stored sign marks last step's spikes; the magnitude is sqrt(v). A reset (keep 0)
+        # is folded into the scalars (sqrt(theta keep) |r| is the bound on sqrt(keep) |r|), not
+        # multiplied into every coordinate.
+        bound = lambda r: spike_bound(r, threshold * keep, active)
+        grads = jax.tree.map(
+            lambda g, r: spike_clip(g, jnp.abs(r), threshold * keep, active)[0], updates, state.rms
+        )
         mu = jax.tree.map(lambda g, m: ema_update(g, m * keep.astype(m.dtype), b1), grads, state.mu)
-        bound = lambda r: spike_bound(r, threshold, active)
-        mu, rms = signed_second_moment(updates, state.rms, mu, old, bound, b2)
+        mu, rms = signed_second_moment(updates, state.rms, mu, bound, b2, keep)
         k = optax.safe_increment(state.count)
         step = reset_warmup_scale(state.count, interval, warmup_steps) * (
             jnp.sqrt(one_minus_power(b2, k)) / one_minus_power(b1, k)

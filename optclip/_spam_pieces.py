@@ -88,13 +88,13 @@ def clip_by_second_moment(
         _gradient_checks.check_like(updates, state.rms, "the second moment")
         keep = 1.0 - reset_now(state.count, interval).astype(jnp.float32)
         active = clip_on(state.count, interval, spike_free_steps, threshold)
-        old = lambda r: jnp.abs(r) * keep
-        clip = lambda g, r: spike_clip(g, r, threshold, active)
-        out = jax.tree.map(lambda g, r: clip(g, old(r))[0], updates, state.rms)
+        # A reset folded into the bound's scalar, as in scale_by_spam.
+        bound = lambda r: spike_bound(r, threshold * keep, active)
+        clip = lambda g, r: spike_clip(g, jnp.abs(r), threshold * keep, active)[0]
+        out = jax.tree.map(clip, updates, state.rms)
         # The clipped updates leave as a buffer of their own, written before sqrt(v) is
         # written over the one they read (the optimizer after this reads them later).
-        bound = lambda r: spike_bound(r, threshold, active)
-        out, rms = signed_second_moment(updates, state.rms, out, old, bound, b2)
+        out, rms = signed_second_moment(updates, state.rms, out, bound, b2, keep)
         return out, ClipBySecondMomentState(
             count=optax.safe_increment(state.count),
             rms=optax.tree.cast_like(rms, state.rms),

@@ -153,8 +153,9 @@ def test_a_nan_gradient_gives_a_nan_update_and_is_not_counted_as_clipped():
     assert float(state.clip_fraction) == pytest.approx(1 / 3)  # the spike, not the NaN
 
 
+@pytest.mark.parametrize("keep", [1.0, 0.0], ids=["ema", "reset"])
 @pytest.mark.parametrize("b2", [0.999, 0.5, 0.0])
-def test_the_second_moment_update_is_overflow_safe_and_accurate(b2):
+def test_the_second_moment_update_is_overflow_safe_and_accurate(b2, keep):
     # sqrt(b2 r^2 + (1 - b2) g^2) in float64 from the same float32 inputs, over float32's range:
     # squares of these overflow or flush to zero in float32.
     rng = np.random.default_rng(0)
@@ -163,13 +164,17 @@ def test_the_second_moment_update_is_overflow_safe_and_accurate(b2):
     r = np.concatenate([r, (10.0 ** rng.uniform(-37, 38, 5000)).astype(np.float32)])
     g = np.concatenate([g, (10.0 ** rng.uniform(-37, 38, 5000) * rng.choice([-1, 1], 5000))])
     g = g.astype(np.float32)
-    got = np.asarray(jax.jit(_spam.moment_update, static_argnums=2)(r, np.abs(g), b2), np.float64)
-    want = np.sqrt(b2 * np.float64(r) ** 2 + (1 - b2) * np.float64(g) ** 2)
+    update = jax.jit(_spam.moment_update, static_argnums=2)
+    got = np.asarray(update(r, np.abs(g), b2, jnp.float32(keep)), np.float64)
+    # A reset (keep 0) drops r: v restarts from (1 - b2) g^2.
+    want = np.sqrt(keep * b2 * np.float64(r) ** 2 + (1 - b2) * np.float64(g) ** 2)
     normal = want > 1e-37  # a result in float32's normal range: to rounding
     np.testing.assert_allclose(got[normal], want[normal], rtol=3e-7)
     # Below it, within the normal range's floor (XLA:CPU may flush subnormals to zero).
     np.testing.assert_allclose(got[~normal], want[~normal], atol=1.2e-38)
     special = np.float32([np.inf, np.nan, 1.0])
-    out = np.asarray(_spam.moment_update(special, special[::-1], b2))
-    assert np.isinf(out[0]) if b2 > 0 else np.isnan(out[0])
+    out = np.asarray(_spam.moment_update(special, special[::-1], b2, keep))
+    # An inf r times a zero weight (b2 = 0, or a reset) is NaN: never hidden as a finite value.
+    assert np.isinf(out[0]) if b2 * keep > 0 else np.isnan(out[0])
     assert np.isnan(out[1])
+    assert np.isinf(out[2])  # r = 1, |g| = inf
