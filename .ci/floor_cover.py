@@ -31,6 +31,7 @@ PACKAGES = ("optclip", "jax", "optax", "chex", "flax")
 # Every test file whose code runs on the floor stack: the examples, notebooks, demo, benchmarks,
 # documentation and multi-process jobs need the extras' newest APIs and stay on the newest stack.
 CORE = (
+    "test_adagc",
     "test_alias",
     "test_bad_input",
     "test_checks",
@@ -40,15 +41,25 @@ CORE = (
     "test_equivalence",
     "test_grouping",
     "test_ingd",
+    "test_layer_smoothness",
+    "test_lmo",
+    "test_lmo_alias",
+    "test_lmo_reference",
     "test_numerics",
+    "test_numerics_range",
     "test_optax_harness",
     "test_package",
     "test_problems",
     "test_properties",
+    "test_record_norms",
     "test_sharding",
+    "test_skip_step",
+    "test_spam",
+    "test_statistics",
     "test_stochastic_ingd",
     "test_theory",
     "test_transforms",
+    "test_zclip",
 )
 
 HEADER = """\

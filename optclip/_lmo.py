@@ -109,6 +109,15 @@ def _explicit_sharding(m: jax.Array) -> NamedSharding | None:
     return sharding
 
 
+def _reshard_to(x: jax.Array, sharding: NamedSharding) -> jax.Array:
+    if hasattr(jax.sharding, "reshard"):
+        return jax.sharding.reshard(x, sharding)
+    # jax 0.6.0, the oldest supported, keeps it in jax.experimental.shard.
+    from jax.experimental.shard import reshard
+
+    return reshard(x, sharding)
+
+
 def _reshard(m: jax.Array, sharding: NamedSharding, view: _View) -> jax.Array:
     """``m`` with only its one batch axis (if any) left split. With Explicit axes a product
     that contracts a split axis, or whose result would be split twice, does not trace: the
@@ -116,7 +125,7 @@ def _reshard(m: jax.Array, sharding: NamedSharding, view: _View) -> jax.Array:
     batch = view.order[: len(view.order) - view.named]
     spec = tuple(sharding.spec) + (None,) * (m.ndim - len(sharding.spec))
     keep = [e if (a in batch and len(batch) == 1) else None for a, e in enumerate(spec)]
-    return jax.sharding.reshard(m, NamedSharding(sharding.mesh, P(*keep)))
+    return _reshard_to(m, NamedSharding(sharding.mesh, P(*keep)))
 
 
 def _to_blocks(x: jax.Array, view: _View) -> jax.Array:
@@ -255,7 +264,7 @@ def lmo_parts(
         dual = jnp.sum(p[:, 0, 0] * jnp.sum(jnp.abs(xs), axis=(1, 2))) / fan_in
     direction = _from_blocks(d3, view, m.shape)
     if sharding is not None:
-        direction = jax.sharding.reshard(direction, sharding)
+        direction = _reshard_to(direction, sharding)
     return direction, dual.astype(jnp.float32), res.astype(jnp.float32)
 
 

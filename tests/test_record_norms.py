@@ -177,7 +177,9 @@ def test_flax_nnx_optimizer_names_leaves_by_their_module_path():
 
     class Model(nnx.Module):
         def __init__(self, rngs):
-            self.layers = nnx.List([nnx.Linear(3, 4, rngs=rngs), nnx.Linear(4, 1, rngs=rngs)])
+            # nnx.List is new in flax 0.12; flax 0.11 takes a plain list of modules.
+            layers = getattr(nnx, "List", list)
+            self.layers = layers([nnx.Linear(3, 4, rngs=rngs), nnx.Linear(4, 1, rngs=rngs)])
 
         def __call__(self, x):
             return self.layers[1](jax.nn.relu(self.layers[0](x)))
