@@ -17,11 +17,12 @@ step, and a CPU has no device queue for the two numbers to differ by. Rows
 timed without the loop report the per-call time as device time and say so
 (``device_from``).
 
-Every variant first takes 24 untimed steps (``SETTLE_STEPS``), so that each is timed in the
-regime a training run spends its steps in: SPAM's clip is off for its first 20 steps, and a step
-with the clip off runs a cheaper loop. Variants are timed round-robin in one process (the
-machine is shared and noisy, so only ratios measured in the same run are meaningful) and
-reported as medians with the ratio to their counterpart. The trees are one leaf (the bandwidth
+Every variant first takes 104 untimed steps (``SETTLE_STEPS``), so that each is timed in the
+regime a training run spends its steps in: SPAM's clip is off for its first 20 steps, ZClip and
+AdaGC warm up for 25 and 100, and such a step runs another program than the steps after it.
+Variants are timed round-robin in one process (the machine is shared and noisy, so only ratios
+measured in the same run are meaningful) and reported as medians with the ratio to their
+counterpart. The trees are one leaf (the bandwidth
 reference) and the parameter layouts of GPT-2 small, ResNet-50 and ViT-B/16
 (``_model_trees.py``), widths multiplied by ``--scale``. When torch is
 importable and a CUDA device is present, the same run times PyTorch's fused
@@ -256,9 +257,10 @@ def use_loop(mode: str, shapes) -> bool:
     return jax.default_backend() != "cpu" or len(shapes) == 1
 
 
-# Untimed steps that take every state past its start: SPAM clips from its 20th step (its
-# spike-free steps), and a step whose clip is off runs a cheaper loop than the steps after it.
-SETTLE_STEPS = 24
+# Untimed steps that take every state past its start, where a step may run another program
+# than the steps after it: SPAM clips from its 20th step (its spike-free steps), ZClip from its
+# 26th and AdaGC from its 101st (their warm-ups).
+SETTLE_STEPS = 104
 
 
 def time_variants(specs, shapes, reps, warmup=2, inner=1, loop="auto"):
