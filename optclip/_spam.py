@@ -193,6 +193,24 @@ def one_minus_power(decay: Scalar, k: jax.Array) -> jax.Array:
     return -jnp.expm1(k.astype(jnp.float32) * log)
 
 
+def spike_schedule(
+    count: jax.Array, threshold: Scalar, interval: Scalar, spike_free_steps: Scalar
+) -> tuple[jax.Array, Callable, Callable]:
+    """Step ``T = count``'s reset and spike clip, for a stored, signed ``sqrt(v)``.
+
+    Returns:
+      ``keep`` (float32 0 on a reset step, else 1); the clip, ``(g, stored) -> g`` clipped at
+      ``sqrt(theta v)``; and its bound, ``|stored| -> sqrt(theta v)``. A reset is folded into
+      the threshold (``sqrt(theta keep) |r|`` is the bound on ``sqrt(keep) |r|``), not
+      multiplied into every coordinate, and the clip and the bound share it.
+    """
+    keep = 1.0 - reset_now(count, interval).astype(jnp.float32)
+    active = clip_on(count, interval, spike_free_steps, threshold)
+    bound = lambda r: spike_bound(r, threshold * keep, active)
+    clip = lambda g, r: spike_clip(g, jnp.abs(r), threshold * keep, active)[0]
+    return keep, clip, bound
+
+
 def _check_schedule(threshold, interval, warmup_steps, spike_free_steps):
     _checks.check_nonnegative("threshold", threshold)
     _checks.check_count("interval", interval, lo=1)
@@ -304,15 +322,8 @@ def scale_by_spam(
     def update_fn(updates, state, params=None):
         del params
         _gradient_checks.check_like(updates, state.mu, "the first moment")
-        keep = 1.0 - reset_now(state.count, interval).astype(jnp.float32)
-        active = clip_on(state.count, interval, spike_free_steps, threshold)
-        # The stored sign marks last step's spikes; the magnitude is sqrt(v). A reset (keep 0)
-        # is folded into the scalars (sqrt(theta keep) |r| is the bound on sqrt(keep) |r|), not
-        # multiplied into every coordinate.
-        bound = lambda r: spike_bound(r, threshold * keep, active)
-        grads = jax.tree.map(
-            lambda g, r: spike_clip(g, jnp.abs(r), threshold * keep, active)[0], updates, state.rms
-        )
+        keep, clip, bound = spike_schedule(state.count, threshold, interval, spike_free_steps)
+        grads = jax.tree.map(clip, updates, state.rms)
         mu = jax.tree.map(lambda g, m: ema_update(g, m * keep.astype(m.dtype), b1), grads, state.mu)
         mu, rms = signed_second_moment(updates, state.rms, mu, bound, b2, keep)
         k = optax.safe_increment(state.count)

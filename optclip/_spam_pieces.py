@@ -14,13 +14,11 @@ import optax
 
 from optclip import _checks, _gradient_checks
 from optclip._spam import (
-    clip_on,
     reset_now,
     reset_warmup_scale,
     signed_fraction,
     signed_second_moment,
-    spike_bound,
-    spike_clip,
+    spike_schedule,
 )
 from optclip._types import Scalar
 
@@ -86,11 +84,7 @@ def clip_by_second_moment(
     def update_fn(updates, state, params=None):
         del params
         _gradient_checks.check_like(updates, state.rms, "the second moment")
-        keep = 1.0 - reset_now(state.count, interval).astype(jnp.float32)
-        active = clip_on(state.count, interval, spike_free_steps, threshold)
-        # A reset folded into the bound's scalar, as in scale_by_spam.
-        bound = lambda r: spike_bound(r, threshold * keep, active)
-        clip = lambda g, r: spike_clip(g, jnp.abs(r), threshold * keep, active)[0]
+        keep, clip, bound = spike_schedule(state.count, threshold, interval, spike_free_steps)
         out = jax.tree.map(clip, updates, state.rms)
         # The clipped updates leave as a buffer of their own, written before sqrt(v) is
         # written over the one they read (the optimizer after this reads them later).
