@@ -161,7 +161,7 @@ def scale_by_acclip(
       Zhang et al., 2020, "Why are Adaptive Methods Good for Attention Models?",
       https://arxiv.org/abs/1912.03194 (eq. ACClip).
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, optax, optclip
       >>> tx = optax.chain(optclip.scale_by_acclip(), optax.scale_by_learning_rate(0.1))
       >>> state = tx.init({"w": jnp.zeros(3)})

@@ -156,7 +156,7 @@ def estimate_alpha_moment_threshold(
     References:
       Zhang et al., 2020, https://arxiv.org/abs/1912.03194, eq. (ACClip).
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, optclip
       >>> tx = optclip.estimate_alpha_moment_threshold(decay=0.5, initial_threshold=None)
       >>> _, state = tx.update({"w": jnp.array([2.0, -4.0])}, tx.init({"w": jnp.zeros(2)}))

@@ -119,7 +119,7 @@ def adagc(
     References:
       Wang et al., 2026, "AdaGC", ICML, https://arxiv.org/abs/2502.11034.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, optclip
       >>> tx = optclip.adagc(warmup_steps=1)
       >>> state = tx.init({"a": jnp.zeros(2), "b": jnp.zeros(2)})

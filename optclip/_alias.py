@@ -110,7 +110,7 @@ def acclip(
     References:
       Zhang et al., 2020, https://arxiv.org/abs/1912.03194.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, optax, optclip
       >>> params = {"w": jnp.ones(3)}
       >>> tx = optclip.acclip(0.1)
@@ -163,7 +163,7 @@ def gclip(
     References:
       Zhang et al., 2020, https://arxiv.org/abs/1912.03194, Algorithm 1.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, optclip
       >>> tx = optclip.gclip(0.1, threshold=1.0, b1=0.9)
       >>> params = {"w": jnp.ones(3)}
@@ -212,7 +212,7 @@ def cclip(
     References:
       Zhang et al., 2020, https://arxiv.org/abs/1912.03194, eq. (CClip).
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, optclip
       >>> tx = optclip.cclip(0.1, threshold=0.5, b1=0.9)
       >>> params = {"w": jnp.ones(3)}
@@ -257,7 +257,7 @@ def clipped_gd(
     References:
       Zhang, He, Sra, Jadbabaie, 2020, https://arxiv.org/abs/1905.11881, §3.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, optclip
       >>> tx = optclip.clipped_gd(0.1, gamma=1.0)
       >>> u, _ = tx.update({"w": jnp.array([3.0, 4.0])}, tx.init({"w": jnp.zeros(2)}))
@@ -291,7 +291,7 @@ def normalized_gd(
     References:
       Zhang, He, Sra, Jadbabaie, 2020, https://arxiv.org/abs/1905.11881, §3.1.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, optclip
       >>> tx = optclip.normalized_gd(1.0, beta=1.0)
       >>> u, _ = tx.update({"w": jnp.array([3.0, 4.0])}, tx.init({"w": jnp.zeros(2)}))
@@ -327,7 +327,7 @@ def normalized_momentum_sgd(
     References:
       Crawshaw et al., 2022, https://arxiv.org/abs/2208.11195 (its baseline).
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, optclip
       >>> tx = optclip.normalized_momentum_sgd(0.1)
       >>> u, _ = tx.update({"w": jnp.array([3.0, 4.0])}, tx.init({"w": jnp.zeros(2)}))
@@ -380,7 +380,7 @@ def clip_momentum_sgd(
     References:
       Zhang, Jin, Fang, Wang, 2020, https://arxiv.org/abs/2010.02519, Algorithm 1.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, optclip
       >>> tx = optclip.clip_momentum_sgd(0.1, gamma=0.05, b1=0.0)
       >>> u, _ = tx.update({"w": jnp.array([3.0, 4.0])}, tx.init({"w": jnp.zeros(2)}))
@@ -438,7 +438,7 @@ def generalized_signsgd(
     References:
       Crawshaw, Liu, Orabona, Zhang, Zhuang, 2022, https://arxiv.org/abs/2208.11195.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, optclip
       >>> tx = optclip.generalized_signsgd(0.1, b2=0.0)
       >>> u, _ = tx.update({"w": jnp.array([3.0, -4.0])}, tx.init({"w": jnp.zeros(2)}))

@@ -147,7 +147,7 @@ def clip_coordinatewise(
     References:
       Zhang et al., 2020, https://arxiv.org/abs/1912.03194, eq. (CClip).
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, optclip
       >>> tx = optclip.clip_coordinatewise({"w": jnp.array([1.0, 10.0])})
       >>> s = tx.init({"w": jnp.zeros(2)})

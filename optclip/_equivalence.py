@@ -54,7 +54,7 @@ def adam_as_clipping(
     References:
       Zhang et al., 2020, https://arxiv.org/abs/1912.03194, §3.1.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, optclip
       >>> eq = optclip.adam_as_clipping(1e-3, b2=0.99, eps=1e-8, nu={"w": jnp.ones(2)})
       >>> eq.threshold["w"].shape

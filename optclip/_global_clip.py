@@ -69,7 +69,7 @@ def clip_by_global_norm(max_norm: Threshold) -> optax.GradientTransformation:
       Pascanu et al., 2013, https://arxiv.org/abs/1211.5063;
       Zhang et al., 2020, https://arxiv.org/abs/1912.03194.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, optclip
       >>> tx = optclip.clip_by_global_norm(1.0)
       >>> u, s = tx.update({"w": jnp.array([3.0, 4.0])}, tx.init({"w": jnp.zeros(2)}))

@@ -152,7 +152,7 @@ def group_small_leaves(
       An :class:`optax.GradientTransformationExtraArgs` whose state is the
       inner transformation's state on the packed tree.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, optax, optclip
       >>> params = {"w": jnp.ones((300, 300)), "b": jnp.ones(300), "scale": jnp.ones(300)}
       >>> tx = optclip.group_small_leaves(optclip.acclip(1e-3, rms_scale=True))

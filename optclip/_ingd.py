@@ -81,7 +81,7 @@ def ingd_oracle_bound(
     Returns:
       The bound, a float.
 
-    Example:
+    Examples:
       >>> import optclip
       >>> round(optclip.ingd_oracle_bound(0.1, 0.1, 1.0, 1.0)) > 0
       True
@@ -245,7 +245,7 @@ def ingd(
     References:
       Zhang, Lin, Jegelka, Sra, Jadbabaie, 2020, https://arxiv.org/abs/2002.04130.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, optclip
       >>> res = optclip.ingd(lambda x: jnp.sum(jnp.abs(x)), jnp.array([1.0, -1.0]),
       ...                    delta=0.5, epsilon=0.5, lipschitz=2.0)

@@ -314,7 +314,7 @@ def lmo(
     Returns:
       ``lmo(M)``, shaped like ``m``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, optclip
       >>> optclip.lmo(jnp.array([[3.0, -4.0]]), "sign")
       Array([[-1.,  1.]], dtype=float32)
@@ -353,7 +353,7 @@ def dual_norm(
     Returns:
       A float32 scalar ``>= 0`` (NaN if ``m`` holds NaN or inf).
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, optclip
       >>> float(optclip.dual_norm(jnp.array([[3.0, -4.0]]), "sign"))
       7.0

@@ -153,7 +153,7 @@ def muon(
     References:
       Jordan et al. 2024, https://kellerjordan.github.io/posts/muon/ (KellerJordan/Muon).
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, optax, optclip
       >>> params = {"dense": {"kernel": jnp.ones((4, 8)), "bias": jnp.zeros(8)}}
       >>> tx = optclip.muon(0.02)
@@ -227,7 +227,7 @@ def scion(
       Learning Models with Norm-Constrained LMOs", https://arxiv.org/abs/2502.07529
       (LIONS-EPFL/scion).
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, optax, optclip
       >>> params = {"w": jnp.ones((4, 8))}
       >>> tx = optclip.scion(0.1, alpha=1.0, norms="sign", radius=1.0, unconstrained=True)
@@ -340,7 +340,7 @@ def gluon(
     References:
       Riabinin, Shulgin, Gruntkowska, Richtarik 2025, https://arxiv.org/abs/2505.13416.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, optclip
       >>> params = {"w": jnp.ones(4)}
       >>> tx = optclip.gluon(l0=1.0, l1=1.0, beta=0.0)

@@ -196,7 +196,7 @@ def default_lmo_norms(
       ``params`` (an ``LmoDims`` is a tuple to jax: map over ``dims`` with
       ``is_leaf=lambda x: isinstance(x, optclip.LmoDims)``).
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, optclip
       >>> params = {"embed": {"embedding": jnp.zeros((10, 4))},
       ...           "mlp": {"kernel": jnp.zeros((4, 8)), "bias": jnp.zeros(8)},

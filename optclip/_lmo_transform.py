@@ -210,7 +210,7 @@ def scale_by_lmo(
       An :class:`optax.GradientTransformation` with state :class:`ScaleByLmoState`; the
       output has each incoming leaf's dtype.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, optax, optclip
       >>> tx = optclip.scale_by_lmo(norms="sign")
       >>> u, state = tx.update({"w": jnp.array([2.0, -3.0])}, tx.init({"w": jnp.zeros(2)}))

@@ -58,7 +58,7 @@ def ema_momentum(
       Zhang, Karimireddy, Veit, Kim, Reddi, Kumar, Sra, 2020,
       https://arxiv.org/abs/1912.03194, Algorithm 1.
 
-    Example:
+    Examples:
       >>> import optax, optclip, jax.numpy as jnp
       >>> tx = optax.chain(optclip.ema_momentum(0.9), optclip.clip_by_global_norm(1.0))
       >>> state = tx.init({"w": jnp.zeros(3)})

@@ -75,7 +75,7 @@ def record_norms(
     Raises:
       TypeError: if ``inner`` is neither a transformation nor ``None``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, optax, optclip
       >>> tx = optax.chain(optclip.record_norms(optax.clip(1.0)), optax.sgd(0.1))
       >>> params = {"b": jnp.zeros(2), "w": jnp.zeros(2)}

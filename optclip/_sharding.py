@@ -142,7 +142,7 @@ def state_shardings(
       TypeError: ``optimizer`` is not a gradient transformation, or a sharded
         parameter has no ``NamedSharding``.
 
-    Example:
+    Examples:
       >>> import jax, optax, optclip
       >>> from jax.sharding import NamedSharding, PartitionSpec as P
       >>> mesh = jax.make_mesh((1,), ("data",))

@@ -26,7 +26,7 @@ def scale_by_sign() -> optax.GradientTransformation:
     Returns:
       A stateless :class:`optax.GradientTransformation`.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, optclip
       >>> tx = optclip.scale_by_sign()
       >>> u, _ = tx.update({"w": jnp.array([-3.0, 0.0, 2.0])}, tx.init(None))

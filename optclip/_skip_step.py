@@ -128,7 +128,7 @@ def skip_step(
 
     References: OLMo-core's ``SkipStepAdamW``; Levanter's skip-step; MaxText's skip on spikes.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, optax, optclip
       >>> tx = optclip.skip_step(optax.sgd(0.1), window=4, min_history=2)
       >>> state = tx.init({"w": jnp.zeros(1)})

@@ -391,7 +391,7 @@ def spam(
     References:
       Huang et al., 2025, https://arxiv.org/abs/2501.06842.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, optax, optclip
       >>> params = {"w": jnp.ones(3)}
       >>> tx = optclip.spam(1e-3)

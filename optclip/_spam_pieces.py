@@ -65,7 +65,7 @@ def clip_by_second_moment(
     Returns:
       An :class:`optax.GradientTransformation` with state :class:`ClipBySecondMomentState`.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, optax, optclip
       >>> tx = optax.chain(optclip.clip_by_second_moment(spike_free_steps=1), optax.adam(1e-3))
       >>> state = tx.init({"w": jnp.zeros(2)})
@@ -126,7 +126,7 @@ def reset_periodically(
     Returns:
       An :class:`optax.GradientTransformationExtraArgs` with state :class:`ResetPeriodicallyState`.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, optax, optclip
       >>> tx = optclip.reset_periodically(optax.adam(1e-3), interval=2)
       >>> state = tx.init({"w": jnp.zeros(2)})
@@ -177,7 +177,7 @@ def scale_by_reset_warmup(
     Returns:
       An :class:`optax.GradientTransformation` with state :class:`ScaleByResetWarmupState`.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, optclip
       >>> tx = optclip.scale_by_reset_warmup(interval=1, warmup_steps=1)
       >>> u, _ = tx.update({"w": jnp.ones(1)}, tx.init({"w": jnp.zeros(1)}))

@@ -59,7 +59,7 @@ def clip_fraction(opt_state: optax.OptState) -> jax.Array:
     Raises:
       ValueError: if ``opt_state`` holds no such state.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, optclip
       >>> tx = optclip.acclip(0.1, initial_threshold=0.0)
       >>> params = {"w": jnp.ones(4)}
@@ -258,7 +258,7 @@ def statistics(
       scalar (``generalized_signsgd`` keeps only its two moments).
       ``jax.device_get`` turns it into numbers for a logger.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, optax, optclip
       >>> tx = optax.chain(optclip.clip_by_global_norm(1.0), optclip.gclip(0.1, 2.0))
       >>> params = {"w": jnp.zeros(2)}

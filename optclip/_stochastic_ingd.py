@@ -200,7 +200,7 @@ def stochastic_ingd(
     References:
       Zhang, Lin, Jegelka, Sra, Jadbabaie, 2020, https://arxiv.org/abs/2002.04130.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, optax, optclip
       >>> params = {"w": jnp.array([1.0, -2.0])}
       >>> tx = optclip.stochastic_ingd(key=jax.random.key(0))

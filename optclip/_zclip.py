@@ -198,7 +198,7 @@ def zclip(
       Mitigation for LLM Pre-Training", https://arxiv.org/abs/2504.02507;
       the authors' code, ``bluorion-com/ZClip``, ``zclip/zclip.py``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, optax, optclip
       >>> tx = optclip.zclip(warmup_steps=2, max_grad_norm=None)
       >>> state = tx.init({"w": jnp.zeros(2)})

@@ -77,7 +77,7 @@ def gclip_strongly_convex(mu: float, G: float, alpha: float) -> Schedules:
       G: the bound on the noise's alpha-moment, ``E|g|^alpha <= G^alpha``, ``> 0``.
       alpha: the tail index in ``(1, 2]``.
 
-    Example:
+    Examples:
       >>> from optclip import theory
       >>> s = theory.gclip_strongly_convex(mu=1.0, G=2.0, alpha=1.5)
       >>> tx = theory.iterate_average(optclip.gclip(s.learning_rate, s.threshold))  # doctest: +SKIP

@@ -44,7 +44,7 @@ def fit_l0_l1_asymmetric(
     Raises:
       ValueError: mismatched or too few samples, non-finite values, ``penalty < 0``.
 
-    Example:
+    Examples:
       >>> from optclip.diagnostics import fit_l0_l1_asymmetric
       >>> l0, l1 = fit_l0_l1_asymmetric([1.0, 2.0, 3.0], [3.0, 5.0, 7.0])
       >>> round(l0, 6), round(l1, 6)

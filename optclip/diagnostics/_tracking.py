@@ -63,7 +63,7 @@ def track_statistics(
       An :class:`optax.GradientTransformationExtraArgs` with state
       :class:`TrackStatisticsState`.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, optclip
       >>> from optclip import diagnostics
       >>> tx = diagnostics.track_statistics(optclip.clip_by_global_norm(1.0))
