@@ -206,8 +206,9 @@ def spike_schedule(
     """
     keep = 1.0 - reset_now(count, interval).astype(jnp.float32)
     active = clip_on(count, interval, spike_free_steps, threshold)
-    bound = lambda r: spike_bound(r, threshold * keep, active)
-    clip = lambda g, r: spike_clip(g, jnp.abs(r), threshold * keep, active)[0]
+    theta = threshold * keep
+    bound = lambda r: spike_bound(r, theta, active)
+    clip = lambda g, r: spike_clip(g, jnp.abs(r), theta, active)[0]
     return keep, clip, bound
 
 
