@@ -49,7 +49,13 @@ def reset_warmup_scale(count: jax.Array, interval: Scalar, warmup_steps: Scalar)
 
 
 def spike_bound(rms: jax.Array, threshold: Scalar, active: jax.Array) -> jax.Array:
-    """``sqrt(theta v)`` from ``rms = sqrt(v)``, float32; ``inf`` when the clip is off.
+    """``sqrt(theta v)`` from ``rms = sqrt(v)``, float32; ``inf`` when the clip is off, and where
+    ``v = 0``.
+
+    A coordinate with ``v = 0`` has no statistic to call its gradient a spike against; the
+    authors' rule clips it to 0, which freezes it until the next reset (every coordinate when
+    fewer than two steps precede the first clip, and any whose gradient was zero through the
+    spike-free steps, such as the embedding row of a token not yet seen). Here it is not clipped.
 
     Args:
       rms: ``sqrt(v) >= 0``.
@@ -59,8 +65,9 @@ def spike_bound(rms: jax.Array, threshold: Scalar, active: jax.Array) -> jax.Arr
     Returns:
       The bound on ``|g|``, shaped like ``rms``.
     """
-    bound = jnp.sqrt(jnp.asarray(threshold, jnp.float32)) * rms.astype(jnp.float32)
-    return jnp.where(active, bound, jnp.inf)
+    rms = rms.astype(jnp.float32)
+    bound = jnp.sqrt(jnp.asarray(threshold, jnp.float32)) * rms
+    return jnp.where(active & (rms > 0), bound, jnp.inf)
 
 
 def spike_clip(
@@ -281,7 +288,9 @@ def scale_by_spam(
     each interval, where ``v`` is rebuilding; ``eps`` is added to ``sqrt(v)``
     before the bias correction, as in Hugging Face's AdamW.
 
-    Where it differs: the state keeps ``sqrt(v)`` (a rescaled EMA,
+    Where it differs: a coordinate with ``v = 0`` is not clipped (the
+    authors' rule clips it to 0, which freezes it until the next reset:
+    :func:`spike_bound`). The state keeps ``sqrt(v)`` (a rescaled EMA,
     :func:`moment_update`), so a finite gradient of any size never overflows
     ``g^2``; results agree with the ``v`` form to float32 rounding. Its sign
     marks the coordinates the last step clipped, which is where
@@ -296,7 +305,8 @@ def scale_by_spam(
       interval: ``DeltaT``, steps between moment resets, an integer ``>= 1``.
       warmup_steps: steps of cosine warm-up after each reset, an integer ``>= 0``.
       spike_free_steps: ``N``, steps at the start of each interval without
-        clipping, an integer ``>= 0``.
+        clipping (the reset step included; ``N - 1`` before the first reset,
+        as the authors count), an integer ``>= 0``.
       mu_dtype: dtype of the stored first moment; float32 if ``None``.
 
     Returns:
@@ -382,7 +392,8 @@ def spam(
       threshold: ``theta >= 0`` of the spike test ``g^2 > theta v`` (0: no clip).
       interval: ``DeltaT``, steps between moment resets, an integer ``>= 1``.
       warmup_steps: cosine warm-up steps after each reset, an integer ``>= 0``.
-      spike_free_steps: ``N``, unclipped steps at the start of each interval.
+      spike_free_steps: ``N``, unclipped steps at the start of each interval
+        (``N - 1`` before the first reset).
       mask: which params get weight decay (as :func:`optax.add_decayed_weights`).
       mu_dtype: dtype of the stored first moment; float32 if ``None``.
 

@@ -60,15 +60,24 @@ def clip_by_second_moment(
       threshold: ``theta >= 0`` (0 turns the clip off).
       b2: decay of ``v`` in ``[0, 1)``.
       interval: steps between resets of ``v``, an integer ``>= 1``.
-      spike_free_steps: unclipped steps at the start of each interval, ``>= 0``.
+      spike_free_steps: unclipped steps at the start of each interval (``N - 1``
+        before the first reset), ``>= 0``.
 
     Returns:
       An :class:`optax.GradientTransformation` with state :class:`ClipBySecondMomentState`.
 
+    A coordinate with ``v = 0`` (no gradient seen since the last reset) is
+    not clipped, where the authors' rule would clip it to 0.
+
     Examples:
       >>> import jax.numpy as jnp, optax, optclip
-      >>> tx = optax.chain(optclip.clip_by_second_moment(spike_free_steps=1), optax.adam(1e-3))
-      >>> state = tx.init({"w": jnp.zeros(2)})
+      >>> clip = optclip.clip_by_second_moment(threshold=4.0, spike_free_steps=0)
+      >>> state = clip.init({"w": jnp.zeros(2)})
+      >>> g, state = clip.update({"w": jnp.array([1.0, 0.0])}, state)  # v = 0: kept
+      >>> g, state = clip.update({"w": jnp.array([1e3, 5.0])}, state)
+      >>> [round(x, 4) for x in g["w"].tolist()]  # 1e3 > sqrt(4 * 0.001): cut; 5.0 kept
+      [0.0632, 5.0]
+      >>> tx = optax.chain(optclip.clip_by_second_moment(), optax.adam(1e-3))
     """
     _checks.check_nonnegative("threshold", threshold)
     _checks.check_decay("b2", b2)

@@ -35,7 +35,6 @@ def test_matches_the_authors_code_with_resets_and_clips(threshold):
     p_ref = {k: v.astype(np.float64) for k, v in initial_params().items()}
     s_ref = init_ref(p_ref)
     ours, state = _run(optclip.spam(1e-2, threshold=threshold, **SCHEDULE))
-    clipped = 0
     for t, g in enumerate(STREAM):
         d_ref, s_ref = step_ref(g, s_ref, p_ref)
         p_ref = {k: p_ref[k] + d_ref[k] for k in p_ref}
@@ -43,8 +42,41 @@ def test_matches_the_authors_code_with_resets_and_clips(threshold):
             np.testing.assert_allclose(ours[t][k], d_ref[k], rtol=5e-5, atol=1e-8, err_msg=f"{t}")
     # Three resets happened (steps 11, 23, 35) and Adam's count was never reset.
     assert int(state[0].count) == len(STREAM)
-    clipped = float(state[0].clip_fraction)
-    assert clipped >= 0.0
+    if threshold == 0.0:
+        assert float(state[0].clip_fraction) == 0.0
+
+
+def _first_updates(tx, grads):
+    params = {"w": jnp.zeros(2)}
+    state, out = tx.init(params), []
+    for g in grads:
+        u, state = tx.update({"w": jnp.asarray(g)}, state, params)
+        out.append(np.asarray(u["w"]))
+    return out
+
+
+@pytest.mark.parametrize("free", [0, 1, 2])
+def test_a_coordinate_with_no_second_moment_is_not_clipped_where_the_authors_freeze_it(free):
+    # Coordinate 0 sees a gradient from the first step; coordinate 1 only from the third (an
+    # embedding row of a token not yet seen). The authors' rule clips a gradient against v = 0
+    # to 0: with free < 2 every coordinate stays at 0 until the first reset, and coordinate 1
+    # does whatever free is. Here both move from their first nonzero gradient on, as Adam's
+    # first step does (-lr sign(g), the warm-up scale 1 before the first reset).
+    grads = [[1.0, 0.0], [1.0, 0.0], [1.0, -2.0], [1.0, -2.0]]
+    kw = dict(threshold=5000.0, interval=100, warmup_steps=5, spike_free_steps=free)
+    ours = _first_updates(optclip.spam(1e-2, **kw), grads)
+    init_ref, step_ref = _reference_spikes.spam(1e-2, **kw)
+    s_ref, theirs = init_ref({"w": np.zeros(2)}), []
+    for g in grads:
+        d, s_ref = step_ref({"w": np.asarray(g)}, s_ref, {"w": np.zeros(2)})
+        theirs.append(d["w"])
+    np.testing.assert_allclose(ours[0], [-1e-2, 0.0], rtol=1e-4)
+    # Step T = 2 for coordinate 1: m = 0.1 g, v = 0.001 g^2, Adam's count k = 3, g unclipped.
+    k, g = 3, -2.0
+    expected = -1e-2 * np.sqrt(1 - 0.999**k) / (1 - 0.9**k) * (0.1 * g) / (np.sqrt(1e-3) * 2 + 1e-6)
+    np.testing.assert_allclose(ours[2][1], expected, rtol=1e-5)
+    assert all(u[1] == 0.0 for u in theirs)  # frozen in the authors' code
+    assert (theirs[0][0] == 0.0) == (free < 2)
 
 
 def test_the_clip_cuts_a_spike_to_the_bound_and_is_off_at_the_start_of_an_interval():
