@@ -135,7 +135,7 @@ def muon(
       debias: keyword-only; optax's bias-corrected momentum.
       ns_steps: keyword-only; Newton-Schulz steps.
       eps: keyword-only; added to the Frobenius norm before Newton-Schulz (Keller: 1e-7,
-        optax: 1e-8); also AdamW's unless ``adam_eps`` is given.
+        optax: 1e-8); the Muon leaves' only (AdamW's is ``adam_eps``).
       ns_dtype: keyword-only; Newton-Schulz's dtype (``jnp.bfloat16`` as the authors).
       mask: keyword-only; which Muon leaves get weight decay, best a callable of the params
         (inside the partition the tree it sees has the AdamW leaves masked out).
