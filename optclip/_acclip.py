@@ -19,7 +19,7 @@ from optclip._acclip_threshold import (
 )
 from optclip._coordinate_clip import coordinate_clip
 from optclip._momentum import ema_update
-from optclip._numerics import fraction_true, momentum_zeros
+from optclip._numerics import denominator_eps, fraction_true, momentum_zeros
 from optclip._trees import unzip
 from optclip._types import Scalar
 
@@ -92,7 +92,8 @@ def _update(
     tau = jax.tree.map(lambda t, g: alpha_moment_update(t, g, d2, alpha), tau, updates)
     direction, _ = unzip(jax.tree.map(lambda m, t: coordinate_clip(m, t, eps), mu, tau), updates)
     if rms is not None:
-        direction = jax.tree.map(lambda u, r: u / (r + eps), direction, rms)
+        floor = denominator_eps(eps)
+        direction = jax.tree.map(lambda u, r: u / (r + floor), direction, rms)
     out = jax.tree.map(lambda u, g: u.astype(g.dtype), direction, raw)
     return out, ScaleByACClipState(
         count=optax.safe_increment(state.count),

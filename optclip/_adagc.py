@@ -57,9 +57,12 @@ def _factors(parts, gamma, warming, lambda_abs, lambda_rel, beta):
     kept = exponent_shift(parts.mantissa, parts.exponent + shift) * factor
     kept = jnp.where(shift == 0, factor * norms, kept)  # the plain product, as before
     new_gamma = jnp.where(warming, jnp.minimum(gamma, kept), beta * gamma + (1.0 - beta) * kept)
-    # A NaN norm leaves its gamma, and compares false, so the NaN in the leaf survives.
-    finite = jnp.isfinite(parts.mantissa)
-    gamma = jnp.where(finite, new_gamma, gamma).astype(jnp.float32)
+    # A NaN norm leaves its gamma, and compares false, so the NaN in the leaf survives. A zero
+    # norm leaves it too: a leaf with no gradient this step (frozen, not yet reached) says
+    # nothing of its scale, and taken in, it would set gamma to 0 in the warm-up's minimum, or
+    # decay it after, and so clip the leaf to nothing once its gradient comes.
+    observed = jnp.isfinite(parts.mantissa) & (parts.mantissa != 0)
+    gamma = jnp.where(observed, new_gamma, gamma).astype(jnp.float32)
     return (shift, factor), clipped, gamma, norms
 
 
@@ -96,10 +99,11 @@ def adagc(
     Decisions (``docs/design.md``, "Spike-robust clipping"): warm-up covers
     the first ``warmup_steps`` iterations, as the paper writes
     (pytorch-optimizer's ``AdaGC`` warms up one step fewer); no ``eps`` floors
-    (the 0/0 rule covers zero norms); a leaf with no finite step yet keeps
-    ``gamma = +inf``, i.e. is not clipped after warm-up until it has one. A
-    non-finite leaf norm leaves that leaf's ``gamma`` unchanged, and the NaN
-    reaches the update (the numerics rule).
+    (the 0/0 rule covers zero norms); a zero leaf norm leaves that leaf's
+    ``gamma`` (the paper's rule sets it to 0 in the warm-up, or decays it, and
+    clips the leaf to nothing from then on), so a leaf keeps ``gamma = +inf``
+    and is not clipped until it has a nonzero finite norm. A non-finite leaf
+    norm leaves ``gamma`` too, and the NaN reaches the update (numerics rule).
     Chain it in front of an optimizer; ``docs/spikes.md`` measured it in front of
     Adam: ``optax.chain(optclip.adagc(), optax.adam(lr))`` at Adam's learning rate.
 
@@ -109,7 +113,8 @@ def adagc(
 
     Args:
       lambda_abs: warm-up global threshold ``> 0`` (the paper: 1.0).
-      lambda_rel: relative threshold ``>= 1`` (the paper: 1.05).
+      lambda_rel: relative threshold ``> 1`` (the paper: 1.05); at 1, ``gamma``
+        could only fall.
       beta: EMA decay of ``gamma`` in ``[0, 1)`` (the paper: 0.98).
       warmup_steps: steps of global clipping, an integer ``>= 1`` (the paper: 100).
 
@@ -129,7 +134,7 @@ def adagc(
       (0.63, 0.8)
     """
     _checks.check_positive("lambda_abs", lambda_abs)
-    _checks.check_range("lambda_rel", lambda_rel, 1.0, float("inf"), hi_open=True)
+    _checks.check_range("lambda_rel", lambda_rel, 1.0, float("inf"), lo_open=True, hi_open=True)
     _checks.check_decay("beta", beta)
     _checks.check_count("warmup_steps", warmup_steps, lo=1)
 

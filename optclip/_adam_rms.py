@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optclip._numerics import denominator_eps
 from optclip._spam import moment_update
 from optclip._types import Scalar
 
@@ -67,13 +68,14 @@ def scale_by_adam_rms(
             lambda g, r: moment_update(r, jnp.abs(g).astype(jnp.float32), b2), updates, state.rms
         )
         root = jnp.sqrt(1.0 - jnp.asarray(b2, jnp.float32) ** t)
+        floor = denominator_eps(eps)
 
         def step(g, m, r):
             if nesterov:
                 m_hat = b1 * m / (1.0 - b1 ** (t + 1)) + (1.0 - b1) * g / (1.0 - b1**t)
             else:
                 m_hat = m / (1.0 - b1**t)
-            return (m_hat / (r / root + eps)).astype(g.dtype)
+            return (m_hat / (r / root + floor)).astype(g.dtype)
 
         out = jax.tree.map(step, updates, mu, rms)
         return out, ScaleByAdamRmsState(count, mu, rms)

@@ -124,12 +124,16 @@ def group_small_leaves(
 
     The result equals the inner transformation's on the unpacked tree for any
     transformation that treats coordinates independently or through whole-tree
-    statistics: every optimizer in optclip and optax's Adam, SGD and Signum
-    families, global-norm clipping included (its sum is taken in another order,
-    so it agrees to rounding). It is **wrong** for a transformation that looks at
-    leaf shapes or per-leaf statistics (``optax.adafactor``, LAMB's trust ratio,
-    a ``mask`` or threshold given as a tree or as a function of the leaves):
-    put those outside the wrapper, e.g.
+    statistics: optclip's ACClip, CClip, GClip, generalized SignSGD, SPAM, the
+    normalized and clipped methods, ZClip and Stochastic INGD, and optax's
+    Adam, SGD and Signum families, global-norm clipping included (its sum is
+    taken in another order, so it agrees to rounding). It is **wrong** for a
+    transformation that looks at leaf shapes or per-leaf statistics: optclip's
+    ``muon``, ``scion``, ``gluon`` and ``scale_by_lmo`` (a packed matrix is a
+    vector to them: Muon would step it with AdamW), ``adagc`` and
+    ``record_norms`` (one norm for the packed leaves), ``optax.adafactor``,
+    LAMB's trust ratio, a ``mask`` or threshold given as a tree or as a function
+    of the leaves: put those outside the wrapper, e.g.
     ``optax.chain(group_small_leaves(optclip.scale_by_acclip()),
     optax.add_decayed_weights(1e-4, mask), optax.scale_by_learning_rate(lr))``.
 

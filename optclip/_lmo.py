@@ -241,6 +241,9 @@ def lmo_parts(
         )
     view = _view(m.shape, dims)
     compute = jnp.promote_types(m.dtype, jnp.float32)
+    if m.size == 0:  # nothing to move: a zero direction and norms (a max over it would raise)
+        zero = jnp.zeros((), jnp.float32)
+        return jnp.zeros(m.shape, compute), zero, zero
     sharding = _explicit_sharding(m)
     if sharding is not None:
         m = _reshard(m, sharding, view)

@@ -322,6 +322,17 @@ def clip_factor(norm: jax.typing.ArrayLike, threshold: jax.typing.ArrayLike) -> 
     return jnp.where(clipped, threshold / jnp.where(clipped, norm, 1.0), 1.0)
 
 
+def denominator_eps(eps: jax.typing.ArrayLike) -> jax.Array:
+    """``eps`` for a denominator ``r + eps`` with ``r >= 0`` an RMS: ``max(eps, tiny)`` in float32.
+
+    ``r = 0`` only where every gradient so far was 0, and the numerator is 0 there too, so
+    ``0 / tiny = 0`` keeps the 0/0 rule at ``eps = 0`` (``0 / 0`` would be NaN) for the cost of
+    a scalar, not a select per coordinate. ``tiny``, float32's smallest normal number, changes
+    no denominator above about ``1e-31``.
+    """
+    return jnp.maximum(jnp.asarray(eps, jnp.float32), jnp.finfo(jnp.float32).tiny)
+
+
 def safe_divide(numerator: jax.typing.ArrayLike, denominator: jax.typing.ArrayLike) -> jax.Array:
     """``numerator / denominator`` with ``x / 0 = 0`` for the 0/0 rule.
 

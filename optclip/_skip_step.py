@@ -45,7 +45,12 @@ class _Window(NamedTuple):
 
 
 def _outlier(window: _Window, x: jax.Array, sigma: Scalar, min_history: int):
-    """Whether ``x`` exceeds the window's ``mean + sigma * std`` (sample std), and that bound."""
+    """Whether ``x`` exceeds the window's ``mean + sigma * std`` (sample std), and that bound.
+
+    Never while the window has no spread (``std = 0``): against a window of equal values every
+    larger one would be an outlier, recorded as the bound, which is the window's value again,
+    so every later step would be skipped (64 zero gradients, or a loss constant for as long).
+    """
     size = window.values.shape[0]
     n = jnp.minimum(window.seen, size)
     valid = jnp.arange(size) < n
@@ -55,7 +60,7 @@ def _outlier(window: _Window, x: jax.Array, sigma: Scalar, min_history: int):
     bound = mean + sigma * jnp.sqrt(var)
     # A NaN or inf value compares false: it is never an outlier, so it reaches the inner
     # optimizer and the update (the numerics rule), and it is never recorded.
-    return (n >= min_history) & (x > bound), bound
+    return (n >= min_history) & (var > 0) & (x > bound), bound
 
 
 def _record(window: _Window, x: jax.Array, outlier: jax.Array, bound: jax.Array) -> _Window:
@@ -107,14 +112,14 @@ def skip_step(
     Decisions (``docs/design.md``, "Spike-robust clipping"): an outlier enters
     its window as the bound it crossed, not as itself, so one spike cannot
     widen the window enough to let the next through (OLMo-core records it raw),
-    while a lasting shift in scale still moves the window, a bound at a time. A
-    non-finite norm or loss is never an outlier and never recorded: the NaN
-    reaches ``inner`` and the update, so :func:`optax.apply_if_finite` around
-    this wrapper rejects the step (OLMo-core skips it). A ``lax.cond`` runs
+    while a lasting shift in scale moves the window, a bound at a time; a window
+    of equal values skips nothing (it could never move). A non-finite norm or
+    loss is never an outlier and never recorded: the NaN reaches ``inner`` and
+    the update, so :func:`optax.apply_if_finite` around this wrapper rejects
+    the step (OLMo-core skips it). A ``lax.cond`` runs
     ``inner`` only on a step it takes (``docs/performance.md`` has what a
-    select of old and new state cost).
-
-    Composes with :func:`optax.apply_if_finite` and :class:`optax.MultiSteps` (tested).
+    select of old and new state cost). Composes with :func:`optax.apply_if_finite`
+    and :class:`optax.MultiSteps` (tested).
 
     Args:
       inner: the optimizer to guard.

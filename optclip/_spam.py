@@ -12,7 +12,7 @@ import optax
 
 from optclip import _checks, _gradient_checks
 from optclip._momentum import ema_update
-from optclip._numerics import fraction_true, momentum_zeros
+from optclip._numerics import denominator_eps, fraction_true, momentum_zeros
 from optclip._trees import unzip
 from optclip._types import Mask, Scalar
 from optclip._weight_decay import decoupled_weight_decay
@@ -219,11 +219,30 @@ def spike_schedule(
     return keep, clip, bound
 
 
+_WITHIN_INTERVAL = {
+    "warmup_steps": "a longer warm-up restarts at the next reset before it ends, so the step "
+    "never reaches its full size",
+    "spike_free_steps": "with more the clip never runs (threshold=0 turns it off)",
+}
+
+
+def check_within_interval(name: str, value: object, interval: object) -> None:
+    """Raises ``ValueError`` unless ``0 <= value < interval`` where both are concrete (after
+    :func:`_checks.check_count` on each)."""
+    _checks.check_count(name, value, lo=0)
+    v, n = _checks.static_value(value), _checks.static_value(interval)
+    if v is not None and n is not None and v >= n:
+        raise ValueError(
+            f"`{name}` must be in [0, interval - 1] = [0, {int(n) - 1}] "
+            f"({_WITHIN_INTERVAL[name]}), got {int(v)}."
+        )
+
+
 def _check_schedule(threshold, interval, warmup_steps, spike_free_steps):
     _checks.check_nonnegative("threshold", threshold)
     _checks.check_count("interval", interval, lo=1)
-    _checks.check_count("warmup_steps", warmup_steps, lo=0)
-    _checks.check_count("spike_free_steps", spike_free_steps, lo=0)
+    check_within_interval("warmup_steps", warmup_steps, interval)
+    check_within_interval("spike_free_steps", spike_free_steps, interval)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,10 +322,11 @@ def scale_by_spam(
       threshold: ``theta >= 0``; a coordinate with ``g^2 > theta v`` is a spike
         (0 turns the clip off, as in the authors' code).
       interval: ``DeltaT``, steps between moment resets, an integer ``>= 1``.
-      warmup_steps: steps of cosine warm-up after each reset, an integer ``>= 0``.
+      warmup_steps: steps of cosine warm-up after each reset, an integer in
+        ``[0, interval)``.
       spike_free_steps: ``N``, steps at the start of each interval without
         clipping (the reset step included; ``N - 1`` before the first reset,
-        as the authors count), an integer ``>= 0``.
+        as the authors count), an integer in ``[0, interval)``.
       mu_dtype: dtype of the stored first moment; float32 if ``None``.
 
     Returns:
@@ -341,8 +361,9 @@ def scale_by_spam(
         step = reset_warmup_scale(state.count, interval, warmup_steps) * (
             jnp.sqrt(one_minus_power(b2, k)) / one_minus_power(b1, k)
         )
+        floor = denominator_eps(eps)
         out = jax.tree.map(
-            lambda m, r, g: (step * m / (jnp.abs(r) + eps)).astype(g.dtype), mu, rms, updates
+            lambda m, r, g: (step * m / (jnp.abs(r) + floor)).astype(g.dtype), mu, rms, updates
         )
         return out, ScaleBySpamState(
             count=k,
@@ -391,7 +412,7 @@ def spam(
       weight_decay: decoupled weight decay ``lambda >= 0`` (float or schedule).
       threshold: ``theta >= 0`` of the spike test ``g^2 > theta v`` (0: no clip).
       interval: ``DeltaT``, steps between moment resets, an integer ``>= 1``.
-      warmup_steps: cosine warm-up steps after each reset, an integer ``>= 0``.
+      warmup_steps: cosine warm-up steps after each reset, an integer in ``[0, interval)``.
       spike_free_steps: ``N``, unclipped steps at the start of each interval
         (``N - 1`` before the first reset).
       mask: which params get weight decay (as :func:`optax.add_decayed_weights`).

@@ -14,6 +14,7 @@ import optax
 
 from optclip import _checks, _gradient_checks
 from optclip._spam import (
+    check_within_interval,
     reset_now,
     reset_warmup_scale,
     signed_fraction,
@@ -61,7 +62,7 @@ def clip_by_second_moment(
       b2: decay of ``v`` in ``[0, 1)``.
       interval: steps between resets of ``v``, an integer ``>= 1``.
       spike_free_steps: unclipped steps at the start of each interval (``N - 1``
-        before the first reset), ``>= 0``.
+        before the first reset), an integer in ``[0, interval)``.
 
     Returns:
       An :class:`optax.GradientTransformation` with state :class:`ClipBySecondMomentState`.
@@ -82,7 +83,7 @@ def clip_by_second_moment(
     _checks.check_nonnegative("threshold", threshold)
     _checks.check_decay("b2", b2)
     _checks.check_count("interval", interval, lo=1)
-    _checks.check_count("spike_free_steps", spike_free_steps, lo=0)
+    check_within_interval("spike_free_steps", spike_free_steps, interval)
 
     def init_fn(params):
         return ClipBySecondMomentState(
@@ -181,20 +182,21 @@ def scale_by_reset_warmup(
 
     Args:
       interval: steps between resets, an integer ``>= 1``.
-      warmup_steps: ``W``, an integer ``>= 0``.
+      warmup_steps: ``W``, an integer in ``[0, interval)``.
 
     Returns:
       An :class:`optax.GradientTransformation` with state :class:`ScaleByResetWarmupState`.
 
     Examples:
       >>> import jax.numpy as jnp, optclip
-      >>> tx = optclip.scale_by_reset_warmup(interval=1, warmup_steps=1)
-      >>> u, _ = tx.update({"w": jnp.ones(1)}, tx.init({"w": jnp.zeros(1)}))
+      >>> tx = optclip.scale_by_reset_warmup(interval=2, warmup_steps=1)
+      >>> u, state = tx.update({"w": jnp.ones(1)}, tx.init({"w": jnp.zeros(1)}))
+      >>> u, state = tx.update({"w": jnp.ones(1)}, state)  # the step of the first reset
       >>> round(float(u["w"][0]), 4)
       0.01
     """
     _checks.check_count("interval", interval, lo=1)
-    _checks.check_count("warmup_steps", warmup_steps, lo=0)
+    check_within_interval("warmup_steps", warmup_steps, interval)
 
     def init_fn(params):
         del params

@@ -67,13 +67,18 @@ def _update(updates, state, params=None, *, hp):
     parts = global_norm_parts(updates)
     true_norm = norm_value(parts)  # inf beyond float32's range
     finite = jnp.isfinite(parts.mantissa)  # whether the gradient is
+    # A zero gradient is no statistic of the norm: recorded, a warm-up of them would leave
+    # mean = std = 0, against which every later norm is a spike clipped to 0, for ever.
+    observed = finite & (parts.mantissa != 0)
     norm = jnp.minimum(true_norm, _LARGEST)
     warming = state.count < warmup_steps
     mean, std = state.mean, state.std
     bound, spike = _threshold(
         norm, mean, std, *(hp[k] for k in ("mode", "clip_option", "z_thresh", "eps", "clip_factor"))
     )
-    spike = spike & ~warming & finite
+    # No spike while the statistics have no spread: against std = 0 every larger norm would be
+    # one, clipped to the mean, which the EMA absorbs, and std would stay 0 for ever.
+    spike = spike & ~warming & finite & (std > 0)
     absorbed = jnp.minimum(jnp.where(spike, bound, norm), _LARGEST)
     limit = jnp.asarray(jnp.inf if max_grad_norm is None else max_grad_norm, jnp.float32)
     cap = jnp.where(warming, limit, jnp.minimum(absorbed, limit))
@@ -93,10 +98,10 @@ def _update(updates, state, params=None, *, hp):
 
     new_mean, new_std = _statistics(state, norm, absorbed, alpha, warming)
     new_mean, new_std = jnp.minimum(new_mean, _LARGEST), jnp.minimum(new_std, _LARGEST)
-    keep = ~finite | (spike & hp["skip_update_on_spike"])
+    keep = ~observed | (spike & hp["skip_update_on_spike"])
     new_mean, new_std = jnp.where(keep, mean, new_mean), jnp.where(keep, std, new_std)
     return updates, ZClipState(
-        count=jnp.where(finite, optax.safe_increment(state.count), state.count),
+        count=jnp.where(observed, optax.safe_increment(state.count), state.count),
         mean=new_mean.astype(jnp.float32),
         std=new_std.astype(jnp.float32),
         norm=true_norm,
@@ -109,7 +114,8 @@ class ZClipState(NamedTuple):
     """State of :func:`zclip`.
 
     Attributes:
-      count: finite norms recorded (the first ``warmup_steps`` of them are the warm-up).
+      count: finite, nonzero norms recorded (the first ``warmup_steps`` of them are the
+        warm-up).
       mean: EMA of the (clipped) norm; during warm-up, the plain mean of the norms so far.
       std: root of the EMA of the squared deviation (the authors' ``sqrt(var)``);
         during warm-up, the population standard deviation of the norms so far.
@@ -170,8 +176,12 @@ def zclip(
 
     Differences (``docs/design.md``, "Spike-robust clipping"): a non-finite
     norm makes the whole update NaN and leaves the statistics as they were
-    (the numerics rule), and the warm-up keeps a running mean and variance
-    instead of a list of norms.
+    (the numerics rule); the warm-up keeps a running mean and variance
+    instead of a list of norms; a zero norm is not recorded (a warm-up of zero
+    gradients would leave ``mu = s = 0`` and clip every later step to 0); and
+    while ``s = 0`` (equal warm-up norms, or ``warmup_steps=1``) no norm is a
+    spike, where the authors' rule clips every larger norm to ``mu``, which the
+    EMA absorbs, so ``s`` stays 0 and the cap for ever.
 
     Chain it in front of an optimizer; ``docs/spikes.md`` measured it in front of
     Adam: ``optax.chain(optclip.zclip(), optax.adam(lr))`` at Adam's learning rate.

@@ -39,6 +39,7 @@ def zclip(
     clip_option="adaptive_scaling",
     clip_factor=1.0,
     skip_update_on_spike=False,
+    optclip_changes=False,
 ):
     # ZClip (Kumar et al. 2025), following ZClip.step of the authors' zclip.py:
     # - warm-up: the norm is appended to a buffer; when the buffer reaches warmup_steps the
@@ -49,6 +50,10 @@ def zclip(
     #   adaptive threshold *and* a non-spike norm (effective = min(a, max_grad_norm)), but the
     #   EMA absorbs the uncapped a; var uses the mean just updated. clip_factor multiplies the
     #   whole adaptive_scaling threshold only (not "mean", not percentile mode).
+    # - optclip_changes=True, optclip's two documented changes: a zero norm is not recorded
+    #   (neither in the warm-up nor the EMA; the update is 0 anyway), and with var = 0 (a warm-up
+    #   of equal norms, or of one step) no norm is a spike. The authors' rule clips every
+    #   larger norm to the mean then, which the EMA absorbs, so var stays 0 for ever.
     mode = mode.lower()
     if mode not in ("zscore", "percentile"):
         raise ValueError("mode must be 'zscore' or 'percentile'")
@@ -61,6 +66,8 @@ def zclip(
     def step(g, s, params):
         g = _f64(g)
         n = _gnorm(g)
+        if optclip_changes and n == 0:
+            return g, s
         if s["mean"] is None:  # warm-up
             buf, mean, var = (*s["buffer"], n), None, None
             if len(buf) >= warmup_steps:
@@ -74,7 +81,9 @@ def zclip(
         mean, var = s["mean"], s["var"]
         std = var**0.5
         c = None  # the clip value; not None <=> spike
-        if mode == "percentile":
+        if optclip_changes and std == 0:
+            pass
+        elif mode == "percentile":
             if n > mean + z_thresh * std:
                 c = mean + z_thresh * std
         else:
@@ -97,9 +106,10 @@ def zclip(
     return init, step
 
 
-def adagc(lambda_abs=1.0, lambda_rel=1.05, beta=0.98, warmup_steps=100):
+def adagc(lambda_abs=1.0, lambda_rel=1.05, beta=0.98, warmup_steps=100, zero_keeps_gamma=False):
     # AdaGC (Wang et al.), per leaf; steps 1..warmup_steps (1-based, inclusive) are warm-up.
-    # No eps: a zero norm gives h = 1.
+    # No eps: a zero norm gives h = 1. The paper takes a zero norm into gamma (min, or EMA);
+    # zero_keeps_gamma=True is optclip's documented change: a leaf's zero norm leaves its gamma.
     def init(params):
         return dict(gamma={k: math.inf for k in params}, step=0)
 
@@ -114,12 +124,16 @@ def adagc(lambda_abs=1.0, lambda_rel=1.05, beta=0.98, warmup_steps=100):
             for key in g:
                 out[key] = h * g[key]
                 gamma[key] = min(s["gamma"][key], h * norms[key])
+                if zero_keeps_gamma and norms[key] == 0:
+                    gamma[key] = s["gamma"][key]
         else:
             for key in g:
                 ni, gi = norms[key], s["gamma"][key]
                 h = min(1.0, lambda_rel * gi / ni) if ni > 0 else 1.0
                 out[key] = h * g[key]
                 gamma[key] = beta * gi + (1 - beta) * h * ni
+                if zero_keeps_gamma and ni == 0:
+                    gamma[key] = gi
         return out, dict(gamma=gamma, step=k)
 
     return init, step
@@ -244,7 +258,9 @@ def skip_step_adam(lr, window=128, sigma_factor=6.0, min_history=None, b1=0.9, b
         if not math.isfinite(x):
             return False, None
         # Fewer than 2 values: the ddof=1 std is nan and nothing can be an outlier.
-        if len(hist) >= max(mh, 2):
+        # optclip's rule: a window with no spread judges nothing (every larger value would be
+        # an outlier, recorded as the window's own value, for ever).
+        if len(hist) >= max(mh, 2) and np.std(hist, ddof=1) > 0:
             bound = float(np.mean(hist) + sigma_factor * np.std(hist, ddof=1))
             if x > bound:
                 return True, bound

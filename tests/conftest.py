@@ -14,6 +14,8 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -127,7 +129,14 @@ CASES = [
     Case(
         "spam_wd",
         optclip.spam,
-        dict(learning_rate=0.01, weight_decay=0.1, threshold=10.0, interval=10, warmup_steps=4),
+        dict(
+            learning_rate=0.01,
+            weight_decay=0.1,
+            threshold=10.0,
+            interval=10,
+            warmup_steps=4,
+            spike_free_steps=2,
+        ),
         "b1",
     ),
     Case("skip_step_adam", skip_step_adam, dict(learning_rate=0.01), "sigma_factor"),
@@ -221,3 +230,15 @@ def _persistent_compilation_cache() -> None:
 
 
 _persistent_compilation_cache()
+
+
+def unset_gamma_as_zero(tree):
+    """``tree`` with AdaGC's ``gamma = +inf`` entries (a leaf with no nonzero norm yet, no
+    threshold: its value at init, docs/numerics.md) as 0, for checks that a state is finite."""
+
+    def fix(x):
+        if isinstance(x, optclip.AdaGCState):
+            return x._replace(gamma=jnp.where(jnp.isposinf(x.gamma), 0.0, x.gamma))
+        return x
+
+    return jax.tree.map(fix, tree, is_leaf=lambda x: isinstance(x, optclip.AdaGCState))

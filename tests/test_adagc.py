@@ -32,7 +32,7 @@ TIGHT = dict(lambda_abs=0.5, lambda_rel=1.2, beta=0.9, warmup_steps=1)
     ],
 )
 def test_matches_the_papers_rule(kwargs, jit):
-    init_ref, step_ref = _reference_spikes.adagc(**kwargs)
+    init_ref, step_ref = _reference_spikes.adagc(**kwargs, zero_keeps_gamma=True)
     tx = optclip.adagc(**kwargs)
     state_ref, state = init_ref(STREAM[0]), tx.init(STREAM[0])
     update = jax.jit(tx.update) if jit else tx.update
@@ -99,3 +99,24 @@ def test_a_tree_with_other_leaves_is_refused_by_name():
         ValueError, match="3 leaves, but the optimizer state holds thresholds for 2"
     ):
         tx.update({"a": jnp.zeros(2), "b": jnp.zeros(2), "c": jnp.zeros(1)}, state)
+
+
+def test_a_zero_step_does_not_freeze_a_leaf_as_the_papers_rule_does():
+    # Leaf "a" has no gradient on the first step (a layer not yet reached): the paper's warm-up
+    # takes min(gamma, 0) = 0, and after it every update of "a" is clipped to 0, for ever. Here
+    # a zero norm leaves gamma, so "a" passes once its gradient comes; "b" is clipped as before.
+    kw = dict(lambda_abs=10.0, warmup_steps=3)
+    grads = (
+        [{"a": np.zeros(3), "b": np.full(3, 0.1)}]
+        + [{"a": np.full(3, 0.1), "b": np.full(3, 0.1)}] * 5
+        + [{"a": np.full(3, 0.1), "b": np.full(3, 10.0)}]
+    )
+    tx, (init_ref, step_ref) = optclip.adagc(**kw), _reference_spikes.adagc(**kw)
+    state, state_ref = tx.init(grads[0]), init_ref(grads[0])
+    for g in grads:
+        out, state = tx.update(jax.tree.map(jnp.asarray, g), state)
+        out_ref, state_ref = step_ref(g, state_ref, None)
+    np.testing.assert_array_equal(out_ref["a"], 0.0)  # the paper's rule: frozen
+    np.testing.assert_allclose(out["a"], 0.1, rtol=1e-6)
+    # b's spike is cut at lambda_rel gamma = 1.05 * ||0.1 * ones(3)||.
+    np.testing.assert_allclose(np.linalg.norm(out["b"]), 1.05 * 0.1 * np.sqrt(3), rtol=1e-5)

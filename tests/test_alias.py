@@ -70,10 +70,13 @@ SPIKE_REFERENCES = {
     "acclip_robust": _reference_spikes.robust_acclip,
     "acclip_robust_rms_seeded": _reference_spikes.robust_acclip,
     "acclip_robust_tau1": _reference_spikes.robust_acclip,
+    # With optclip's documented changes for zero norms (docs/design.md, "Spike-robust clipping").
     "zclip_adam": lambda lr: _then_adam(_reference_spikes.zclip)(
-        lr, warmup_steps=5, max_grad_norm=100.0
+        lr, warmup_steps=5, max_grad_norm=100.0, optclip_changes=True
     ),
-    "adagc_adam": lambda lr: _then_adam(_reference_spikes.adagc)(lr, warmup_steps=5),
+    "adagc_adam": lambda lr: _then_adam(_reference_spikes.adagc)(
+        lr, warmup_steps=5, zero_keeps_gamma=True
+    ),
     "spam": _reference_spikes.spam,
     "spam_wd": _reference_spikes.spam,
     "skip_step_adam": lambda lr: _skip_step_adam(lr, 3.0),

@@ -91,7 +91,7 @@ CONSTRUCTION = [
     (lambda: optclip.zclip(clip_factor=0.0), ValueError, ["`clip_factor`", "(0, inf)"]),
     (lambda: optclip.zclip(skip_update_on_spike=1), TypeError, ["`skip_update_on_spike`"]),
     (lambda: optclip.adagc(lambda_abs=0.0), ValueError, ["`lambda_abs`", "(0, inf)", "0.0"]),
-    (lambda: optclip.adagc(lambda_rel=0.9), ValueError, ["`lambda_rel`", "[1, inf)", "0.9"]),
+    (lambda: optclip.adagc(lambda_rel=1.0), ValueError, ["`lambda_rel`", "(1, inf)", "1.0"]),
     (lambda: optclip.adagc(beta=1.0), ValueError, ["`beta`", "[0, 1)", "1.0"]),
     (lambda: optclip.adagc(warmup_steps=-1), ValueError, ["`warmup_steps`", "[1, inf)", "-1"]),
     (lambda: optclip.spam(1e-3, b1=1.0), ValueError, ["`b1`", "[0, 1)"]),
@@ -103,6 +103,26 @@ CONSTRUCTION = [
     (lambda: optclip.spam(1e-3, interval=0), ValueError, ["`interval`", "[1, inf)", "0"]),
     (lambda: optclip.spam(1e-3, warmup_steps=-1), ValueError, ["`warmup_steps`", "[0, inf)"]),
     (lambda: optclip.spam(1e-3, spike_free_steps=1.5), TypeError, ["`spike_free_steps`", "1.5"]),
+    (
+        lambda: optclip.spam(1e-3, interval=100),  # the default warm-up, 150, outlasts it
+        ValueError,
+        ["`warmup_steps`", "[0, 99]", "150"],
+    ),
+    (
+        lambda: optclip.scale_by_spam(interval=10, warmup_steps=2, spike_free_steps=10),
+        ValueError,
+        ["`spike_free_steps`", "[0, 9]", "10"],
+    ),
+    (
+        lambda: optclip.clip_by_second_moment(interval=5, spike_free_steps=7),
+        ValueError,
+        ["`spike_free_steps`", "[0, 4]", "7"],
+    ),
+    (
+        lambda: optclip.scale_by_reset_warmup(interval=5, warmup_steps=5),
+        ValueError,
+        ["`warmup_steps`", "[0, 4]", "5"],
+    ),
     (
         lambda: optclip.spam(1e-3, mu_dtype=jnp.int8),
         TypeError,
@@ -167,7 +187,7 @@ INJECTED = [
     (optclip.acclip, dict(learning_rate=1e-3, weight_decay=-0.1), ["`weight_decay`"]),
     (optclip.zclip, dict(z_thresh=-1.0), ["`z_thresh`", "(0, inf)", "-1.0"]),
     (optclip.zclip, dict(warmup_steps=0), ["`warmup_steps`", "[1, inf)", "0"]),
-    (optclip.adagc, dict(lambda_rel=0.5), ["`lambda_rel`", "[1, inf)", "0.5"]),
+    (optclip.adagc, dict(lambda_rel=0.5), ["`lambda_rel`", "(1, inf)", "0.5"]),
     (optclip.spam, dict(learning_rate=1e-3, interval=0), ["`interval`", "[1, inf)", "0"]),
     (optclip.acclip, dict(learning_rate=1e-3, robust=True, spike_factor=0.0), ["`spike_factor`"]),
 ]

@@ -416,3 +416,17 @@ def test_scale_by_lmo_contract():
     assert int(s.notfinite_count) == 1
     with pytest.raises(ValueError, match="tree"):
         tx.update({"other": jnp.ones(3)}, state)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_an_empty_layer_has_a_zero_step_and_norm(norm):
+    # A leaf with no entries (a zero-width layer of a config sweep): nothing to move, where a
+    # max over it used to raise and take the whole optimizer down with it.
+    m = jnp.zeros((0, 3))
+    assert optclip.lmo(m, norm).shape == (0, 3)
+    assert float(optclip.dual_norm(m, norm)) == 0.0
+    params = {"empty": m, "kernel": jnp.ones((4, 4))}
+    tx = optclip.scion(1e-2, norms=lambda path, x: norm)
+    u, _ = jax.jit(tx.update)(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+    assert u["empty"].shape == (0, 3) and bool(jnp.all(jnp.isfinite(u["kernel"])))
+    assert float(jnp.max(jnp.abs(u["kernel"]))) > 0.0

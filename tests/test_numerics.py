@@ -18,7 +18,7 @@ from optclip._numerics import (
     safe_divide,
 )
 from optclip._requirements import release
-from tests.conftest import CASES, SHAPES, initial_params
+from tests.conftest import CASES, SHAPES, initial_params, unset_gamma_as_zero
 
 DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
 
@@ -40,7 +40,7 @@ def _grads(kind, dtype, rng):
 def _finite(tree):
     return all(
         bool(jnp.all(jnp.isfinite(x)))
-        for x in jax.tree.leaves(tree)
+        for x in jax.tree.leaves(unset_gamma_as_zero(tree))
         if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
     )
 
@@ -342,6 +342,32 @@ class TestZeroOverZero:
         u, s = tx.update(zero, tx.init(zero))
         np.testing.assert_array_equal(u["w"], np.zeros(3))
         assert float(s.norm) == 0.0 and float(s.clipped) == 0.0
+
+    @pytest.mark.parametrize(
+        "make",
+        [
+            lambda: optclip.acclip(1e-3, rms_scale=True, eps=0.0),
+            lambda: optclip.spam(1e-3, eps=0.0),
+            lambda: optclip.muon(0.02, adam_eps=0.0),
+            lambda: optclip.generalized_signsgd(1e-3, eps=0.0),
+            lambda: optax.adam(1e-3, eps=0.0),  # optax's: 0/0, which the rule improves on
+        ],
+        ids=["acclip_rms", "spam", "muon_adamw_leaves", "generalized_signsgd", "optax_adam"],
+    )
+    def test_an_rms_denominator_at_eps_zero(self, make, request):
+        # A coordinate whose gradient has always been 0 has m = 0 and sqrt(v) = 0: its update
+        # is 0 (rule 2), also with eps = 0.
+        tx = make()
+        params = {"w": jnp.zeros(3), "kernel": jnp.zeros((4, 4))}
+        grads = {"w": jnp.array([1.0, 0.0, -2.0]), "kernel": jnp.zeros((4, 4))}
+        state = tx.init(params)
+        for _ in range(2):
+            u, state = jax.jit(tx.update)(grads, state, params)
+        if request.node.callspec.id == "optax_adam":
+            assert np.isnan(u["w"][1])
+            return
+        assert u["w"][1] == 0.0 and np.all(np.isfinite(u["w"]))
+        assert u["w"][0] != 0.0 and u["w"][2] != 0.0
 
 
 class TestPowerMean:

@@ -14,6 +14,7 @@ import pytest
 
 import optclip
 from optclip._numerics import NORM_FORM_VARIABLE
+from tests.conftest import unset_gamma_as_zero
 
 DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
 # Normwise relative error allowed: a few roundings of the output dtype.
@@ -66,8 +67,9 @@ def _assert_close(got, want, dtype, what):
 
 def _finite_state(state) -> bool:
     """Every float in ``state`` is finite, except a recorded norm, which is the norm rounded to
-    float32: inf beyond float32's range (docs/numerics.md)."""
-    leaves = jax.tree_util.tree_leaves_with_path(state)
+    float32: inf beyond float32's range, and AdaGC's ``gamma`` of a leaf whose norm read 0,
+    which keeps its initial ``+inf`` (docs/numerics.md)."""
+    leaves = jax.tree_util.tree_leaves_with_path(unset_gamma_as_zero(state))
     return all(
         bool(jnp.all(jnp.isfinite(x)))
         for path, x in leaves
@@ -152,15 +154,18 @@ def test_first_update_across_the_range(name, dtype, tree, form, monkeypatch):
         assert _finite_state(state), f"{name} at {magnitude:.3g}"
 
 
-def _ordinary_then(tx, shapes, dtype, magnitude, form, monkeypatch):
-    """One step at norm about 1, then one at ``magnitude``: both updates and the state."""
+def _ordinary_then(tx, shapes, dtype, magnitude, form, monkeypatch, ordinary=1):
+    """``ordinary`` steps at norm about 1, then one at ``magnitude``: the first gradient (a list
+    of them when ``ordinary > 1``), the last, its update and the state."""
     monkeypatch.setenv(NORM_FORM_VARIABLE, form)
-    first = _gradient(shapes, dtype, 0.5, seed=2)
+    firsts = [_gradient(shapes, dtype, 0.5 * (k + 1), seed=2 + k) for k in range(ordinary)]
     update = jax.jit(tx.update)
-    _, state = update(first, tx.init(first))
+    state = tx.init(firsts[0])
+    for first in firsts:
+        _, state = update(first, state)
     g = _gradient(shapes, dtype, magnitude)
     u, state = update(g, state)
-    return first, g, u, state
+    return (firsts[0] if ordinary == 1 else firsts), g, u, state
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -169,14 +174,15 @@ def _ordinary_then(tx, shapes, dtype, magnitude, form, monkeypatch):
 def test_zclip_after_warmup_clips_to_its_threshold(dtype, tree, form, monkeypatch):
     shapes = TREES[tree]
     for magnitude in _magnitudes(dtype)[-4:]:
-        tx = optclip.zclip(warmup_steps=1, max_grad_norm=None)
-        first, g, u, state = _ordinary_then(tx, shapes, dtype, magnitude, form, monkeypatch)
-        # After one warm-up norm n0 the mean is n0 and the spread 0: a larger norm is a spike
-        # and the adaptive threshold is the mean itself.
-        n0 = _norm(_f64(first))
-        if _norm(_f64(g)) <= n0:
+        tx = optclip.zclip(warmup_steps=2, max_grad_norm=None, clip_option="mean")
+        first, g, u, state = _ordinary_then(tx, shapes, dtype, magnitude, form, monkeypatch, 2)
+        # After the warm-up norms n0 and n1 the mean is their mean and the spread half their
+        # gap (> 0): a norm beyond mean + 2.5 std is a spike, clipped to the mean.
+        n0, n1 = (_norm(_f64(x)) for x in first)
+        mean, std = (n0 + n1) / 2, abs(n0 - n1) / 2
+        if _norm(_f64(g)) <= mean + 2.5 * (std + 1e-6):
             continue
-        want = _times(_f64(g), n0 / (_norm(_f64(g)) + 1e-6))
+        want = _times(_f64(g), mean / (_norm(_f64(g)) + 1e-6))
         _assert_close(u, want, dtype, f"zclip at {magnitude:.3g}")
         assert float(state.spike) == 1.0
         assert np.isfinite(float(state.mean)) and np.isfinite(float(state.std))

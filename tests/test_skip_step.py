@@ -70,6 +70,38 @@ def test_a_burst_of_spikes_stays_skipped():
     assert int(state.skipped) == 10
 
 
+@pytest.mark.parametrize("watched", ["norm", "loss"])
+def test_a_window_without_spread_does_not_lock(watched):
+    # 64 zero gradients (or a constant loss) leave a window of equal values, against which any
+    # larger value is 6 sigma out; recorded as the bound, the window would never move again and
+    # every later step would be skipped. It judges nothing until it has a spread.
+    tx = optclip.skip_step(optax.sgd(0.1))
+    state = tx.init({"w": jnp.zeros(3)})
+    rng = np.random.default_rng(0)
+    normal = lambda: jnp.asarray(rng.normal(size=3), jnp.float32)
+    for _ in range(64):
+        if watched == "norm":
+            _, state = tx.update({"w": jnp.zeros(3)}, state)
+        else:
+            _, state = tx.update({"w": normal()}, state, value=1.0)
+    late = []
+    for t in range(40):
+        if watched == "norm":
+            _, state = tx.update({"w": normal()}, state)
+        else:
+            _, state = tx.update({"w": normal()}, state, value=1.0 + 0.01 * rng.random())
+        if t >= 20:
+            late.append(float(state.skip))
+    # The first values after the flat stretch may be outliers against it (a few are skipped
+    # while the window learns their spread); then none is.
+    assert int(state.skipped) <= 10
+    assert late == [0.0] * 20
+    # Once it has a spread, a spike is skipped.
+    extra = {} if watched == "norm" else {"value": 1.0}
+    u, state = tx.update({"w": jnp.full(3, 1e4)}, state, **extra)
+    np.testing.assert_array_equal(u["w"], 0.0)
+
+
 def test_non_finite_steps_are_not_skipped_and_apply_if_finite_rejects_them():
     inner = optclip.skip_step(optax.adam(0.1), window=4, min_history=2)
     tx = optax.apply_if_finite(inner, max_consecutive_errors=3)

@@ -80,7 +80,7 @@ def test_a_coordinate_with_no_second_moment_is_not_clipped_where_the_authors_fre
 
 
 def test_the_clip_cuts_a_spike_to_the_bound_and_is_off_at_the_start_of_an_interval():
-    tx = optclip.scale_by_spam(threshold=4.0, interval=100, spike_free_steps=2)
+    tx = optclip.scale_by_spam(threshold=4.0, interval=100, warmup_steps=5, spike_free_steps=2)
     state = tx.init({"w": jnp.zeros(2)})
     _, state = tx.update({"w": jnp.array([1.0, 1.0])}, state)  # T = 0: no clip yet
     assert float(state.clip_fraction) == 0.0
@@ -177,7 +177,7 @@ def test_the_stored_rms_is_sqrt_v_and_its_signs_count_the_authors_clips():
 
 
 def test_a_nan_gradient_gives_a_nan_update_and_is_not_counted_as_clipped():
-    tx = optclip.scale_by_spam(threshold=4.0, interval=100, spike_free_steps=2)
+    tx = optclip.scale_by_spam(threshold=4.0, interval=100, warmup_steps=5, spike_free_steps=2)
     state = tx.init({"w": jnp.zeros(3)})
     _, state = tx.update({"w": jnp.array([1.0, 1.0, 1.0])}, state)
     u, state = tx.update({"w": jnp.array([jnp.nan, 1e3, 0.01])}, state)  # bound 0.063

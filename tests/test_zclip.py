@@ -38,7 +38,7 @@ RUNS += [pytest.param(c, False, id=f"{c}-eager") for c in EAGER]
 @pytest.mark.parametrize(("config", "jit"), RUNS)
 def test_matches_the_authors_rule(config, jit):
     kwargs = CONFIGS[config]
-    init_ref, step_ref = _reference_spikes.zclip(**kwargs)
+    init_ref, step_ref = _reference_spikes.zclip(**kwargs, optclip_changes=True)
     tx = optclip.zclip(**kwargs)
     state_ref = init_ref(STREAM[0])
     state = tx.init(STREAM[0])
@@ -54,6 +54,41 @@ def test_matches_the_authors_rule(config, jit):
             np.testing.assert_allclose(state.std**2, state_ref["var"], rtol=5e-5)
         spikes += int(state.spike)
     assert spikes >= 1, "the stream must exercise the spike branch"
+
+
+def _zclip_both(kw, norms):
+    grads = [{"w": np.array([n, 0.0], np.float32)} for n in norms]
+    tx, (init_ref, step_ref) = optclip.zclip(**kw), _reference_spikes.zclip(**kw)
+    state, state_ref = tx.init(grads[0]), init_ref(grads[0])
+    ours, theirs = [], []
+    for g in grads:
+        out, state = tx.update(jax.tree.map(jnp.asarray, g), state)
+        out_ref, state_ref = step_ref(g, state_ref, None)
+        ours.append(float(out["w"][0]))
+        theirs.append(float(out_ref["w"][0]))
+    return ours, theirs, state, state_ref
+
+
+def test_zero_norms_are_not_statistics():
+    # A warm-up of zero gradients: the authors' rule records the zeros, so mean = std = 0 and
+    # every later norm is clipped to 0, for ever. A zero norm is recorded by neither rule here:
+    # the warm-up ends after three nonzero norms, and the steps after it follow the norms.
+    ours, theirs, state, _ = _zclip_both(dict(warmup_steps=3), [0.0] * 3 + [0.5, 0.6, 0.7, 0.8])
+    np.testing.assert_array_equal(theirs[3:], 0.0)
+    np.testing.assert_allclose(ours[3:], [0.5, 0.6, 0.7, 0.8], rtol=1e-5)
+    assert int(state.count) == 4  # the three zeros were not counted
+
+
+def test_a_warmup_without_spread_does_not_cap_for_ever():
+    # One warm-up step leaves std = 0: the authors' rule calls any larger norm a spike, clips
+    # it to the mean, which the EMA absorbs, and std stays 0, so the cap is the first norm for
+    # ever. Here no norm is a spike until the statistics have a spread, which they then learn.
+    norms = [1.0, 1.2, 1.5, 2.0, 3.0, 4.0]
+    ours, theirs, state, state_ref = _zclip_both(dict(warmup_steps=1, max_grad_norm=None), norms)
+    assert state_ref["var"] == 0.0
+    np.testing.assert_allclose(theirs[1:], 1.0, rtol=1e-5)
+    assert ours[1] == pytest.approx(1.2) and float(state.std) > 0.0
+    assert ours[-1] > 1.0 and float(state.mean) > float(state_ref["mean"])
 
 
 def test_a_spike_is_cut_to_the_adaptive_threshold_and_the_ema_never_sees_it():
