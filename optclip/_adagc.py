@@ -56,7 +56,12 @@ def _factors(parts, gamma, warming, lambda_abs, lambda_rel, beta):
     # h_i ||g_i||, the clipped norm, through the same shift: finite where ||g_i|| is not.
     kept = exponent_shift(parts.mantissa, parts.exponent + shift) * factor
     kept = jnp.where(shift == 0, factor * norms, kept)  # the plain product, as before
-    new_gamma = jnp.where(warming, jnp.minimum(gamma, kept), beta * gamma + (1.0 - beta) * kept)
+    # A leaf first reached after the warm-up (gamma still +inf) takes its first clipped norm,
+    # as in the warm-up: an EMA with +inf would leave it unclipped for ever.
+    unset = jnp.isposinf(gamma)
+    new_gamma = jnp.where(
+        warming | unset, jnp.minimum(gamma, kept), beta * gamma + (1.0 - beta) * kept
+    )
     # A NaN norm leaves its gamma, and compares false, so the NaN in the leaf survives. A zero
     # norm leaves it too: a leaf with no gradient this step (frozen, not yet reached) says
     # nothing of its scale, and taken in, it would set gamma to 0 in the warm-up's minimum, or
@@ -102,8 +107,8 @@ def adagc(
     (the 0/0 rule covers zero norms); a zero leaf norm leaves that leaf's
     ``gamma`` (the paper's rule sets it to 0 in the warm-up, or decays it, and
     clips the leaf to nothing from then on), so a leaf keeps ``gamma = +inf``
-    and is not clipped until it has a nonzero finite norm. A non-finite leaf
-    norm leaves ``gamma`` too, and the NaN reaches the update (numerics rule).
+    until its first nonzero finite norm, which sets it (also after warm-up).
+    A non-finite leaf norm leaves ``gamma`` too; its NaN reaches the update.
     Chain it in front of an optimizer; ``docs/spikes.md`` measured it in front of
     Adam: ``optax.chain(optclip.adagc(), optax.adam(lr))`` at Adam's learning rate.
 

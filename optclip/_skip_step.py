@@ -47,7 +47,7 @@ class _Window(NamedTuple):
 def _outlier(window: _Window, x: jax.Array, sigma: Scalar, min_history: int):
     """Whether ``x`` exceeds the window's ``mean + sigma * std`` (sample std), and that bound.
 
-    Never while the window has no spread (``std = 0``): against a window of equal values every
+    Never while the window has no spread (all its values equal): against such a window every
     larger one would be an outlier, recorded as the bound, which is the window's value again,
     so every later step would be skipped (64 zero gradients, or a loss constant for as long).
     """
@@ -58,9 +58,14 @@ def _outlier(window: _Window, x: jax.Array, sigma: Scalar, min_history: int):
     mean = jnp.sum(jnp.where(valid, window.values, 0.0)) / nf
     var = jnp.sum(jnp.where(valid, jnp.square(window.values - mean), 0.0)) / jnp.maximum(nf - 1, 1)
     bound = mean + sigma * jnp.sqrt(var)
+    # The spread tested exactly: a float32 mean of equal values such as 7.77 is an ulp off, and
+    # the variance of them a tiny positive number.
+    spread = jnp.max(jnp.where(valid, window.values, -jnp.inf)) > jnp.min(
+        jnp.where(valid, window.values, jnp.inf)
+    )
     # A NaN or inf value compares false: it is never an outlier, so it reaches the inner
     # optimizer and the update (the numerics rule), and it is never recorded.
-    return (n >= min_history) & (var > 0) & (x > bound), bound
+    return (n >= min_history) & spread & (x > bound), bound
 
 
 def _record(window: _Window, x: jax.Array, outlier: jax.Array, bound: jax.Array) -> _Window:

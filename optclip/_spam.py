@@ -54,8 +54,9 @@ def spike_bound(rms: jax.Array, threshold: Scalar, active: jax.Array) -> jax.Arr
 
     A coordinate with ``v = 0`` has no statistic to call its gradient a spike against; the
     authors' rule clips it to 0, which freezes it until the next reset (every coordinate when
-    fewer than two steps precede the first clip, and any whose gradient was zero through the
-    spike-free steps, such as the embedding row of a token not yet seen). Here it is not clipped.
+    no step precedes the first clip, ``spike_free_steps <= 1``, and any whose gradient was zero
+    through the spike-free steps, such as the embedding row of a token not yet seen). Here it
+    is not clipped.
 
     Args:
       rms: ``sqrt(v) >= 0``.
@@ -207,15 +208,16 @@ def spike_schedule(
 
     Returns:
       ``keep`` (float32 0 on a reset step, else 1); the clip, ``(g, stored) -> g`` clipped at
-      ``sqrt(theta v)``; and its bound, ``|stored| -> sqrt(theta v)``. A reset is folded into
-      the threshold (``sqrt(theta keep) |r|`` is the bound on ``sqrt(keep) |r|``), not
-      multiplied into every coordinate, and the clip and the bound share it.
+      ``sqrt(theta v)``; and its bound, ``|stored| -> sqrt(theta v)``. A reset step clips
+      nothing: its ``v`` is 0 after the reset (:func:`spike_bound`), which only
+      ``spike_free_steps = 0`` would otherwise reach. So the stored ``r`` is read as it is,
+      not multiplied by ``keep`` in every coordinate.
     """
-    keep = 1.0 - reset_now(count, interval).astype(jnp.float32)
-    active = clip_on(count, interval, spike_free_steps, threshold)
-    theta = threshold * keep
-    bound = lambda r: spike_bound(r, theta, active)
-    clip = lambda g, r: spike_clip(g, jnp.abs(r), theta, active)[0]
+    reset = reset_now(count, interval)
+    keep = 1.0 - reset.astype(jnp.float32)
+    active = clip_on(count, interval, spike_free_steps, threshold) & ~reset
+    bound = lambda r: spike_bound(r, threshold, active)
+    clip = lambda g, r: spike_clip(g, jnp.abs(r), threshold, active)[0]
     return keep, clip, bound
 
 

@@ -109,7 +109,8 @@ def zclip(
 def adagc(lambda_abs=1.0, lambda_rel=1.05, beta=0.98, warmup_steps=100, zero_keeps_gamma=False):
     # AdaGC (Wang et al.), per leaf; steps 1..warmup_steps (1-based, inclusive) are warm-up.
     # No eps: a zero norm gives h = 1. The paper takes a zero norm into gamma (min, or EMA);
-    # zero_keeps_gamma=True is optclip's documented change: a leaf's zero norm leaves its gamma.
+    # zero_keeps_gamma=True is optclip's documented change: a leaf's zero norm leaves its gamma,
+    # and a gamma still +inf after the warm-up takes the leaf's first clipped norm.
     def init(params):
         return dict(gamma={k: math.inf for k in params}, step=0)
 
@@ -134,6 +135,8 @@ def adagc(lambda_abs=1.0, lambda_rel=1.05, beta=0.98, warmup_steps=100, zero_kee
                 gamma[key] = beta * gi + (1 - beta) * h * ni
                 if zero_keeps_gamma and ni == 0:
                     gamma[key] = gi
+                elif zero_keeps_gamma and gi == math.inf:
+                    gamma[key] = h * ni
         return out, dict(gamma=gamma, step=k)
 
     return init, step
@@ -149,6 +152,7 @@ def spam(
     interval=500,
     warmup_steps=150,
     spike_free_steps=20,
+    decay_on_direction=False,
 ):
     # SPAM (Huang et al. 2025), the authors' galore_torch/SPAM.py ``AdamW.step`` for a plain
     # parameter (no 'density'), correct_bias=True. Their names: threshold, DeltaT (= interval),
@@ -185,7 +189,13 @@ def spam(
             u = -(step_size * scale) * (m[key] / (np.sqrt(v[key]) + eps))  # eps outside sqrt
             p0 = np.asarray(params[key], np.float64)
             # Decoupled decay after the step, on the updated parameter, not scaled, only if > 0.
-            wd = -lr * weight_decay * (p0 + u) if weight_decay > 0 else 0.0
+            # decay_on_direction=True: optclip's, on the parameter before the step (x - lr (u +
+            # lambda x)); the two differ by lr^2 lambda u a step (docs/design.md).
+            wd = (
+                -lr * weight_decay * (p0 if decay_on_direction else p0 + u)
+                if weight_decay > 0
+                else 0.0
+            )
             delta[key] = u + wd
         cur = 0 if (t + 2) % interval == 0 else s["current_step"] + 1
         return delta, dict(m=m, v=v, total_step=t + 1, current_step=cur)
@@ -260,7 +270,7 @@ def skip_step_adam(lr, window=128, sigma_factor=6.0, min_history=None, b1=0.9, b
         # Fewer than 2 values: the ddof=1 std is nan and nothing can be an outlier.
         # optclip's rule: a window with no spread judges nothing (every larger value would be
         # an outlier, recorded as the window's own value, for ever).
-        if len(hist) >= max(mh, 2) and np.std(hist, ddof=1) > 0:
+        if len(hist) >= max(mh, 2) and max(hist) > min(hist):
             bound = float(np.mean(hist) + sigma_factor * np.std(hist, ddof=1))
             if x > bound:
                 return True, bound

@@ -120,3 +120,17 @@ def test_a_zero_step_does_not_freeze_a_leaf_as_the_papers_rule_does():
     np.testing.assert_allclose(out["a"], 0.1, rtol=1e-6)
     # b's spike is cut at lambda_rel gamma = 1.05 * ||0.1 * ones(3)||.
     np.testing.assert_allclose(np.linalg.norm(out["b"]), 1.05 * 0.1 * np.sqrt(3), rtol=1e-5)
+
+
+def test_a_leaf_first_reached_after_the_warmup_gets_a_threshold():
+    # Leaf "a" is zero through the warm-up and after it; its first nonzero norm sets gamma (an
+    # EMA of +inf would stay +inf and never clip it), so its later spike is cut.
+    kw = dict(lambda_abs=10.0, warmup_steps=3)
+    tx = optclip.adagc(**kw)
+    state = tx.init({"a": jnp.zeros(3), "b": jnp.zeros(3)})
+    b = jnp.full(3, 0.1)
+    for a in [jnp.zeros(3)] * 5 + [jnp.full(3, 0.1)] * 3 + [jnp.full(3, 1e4)]:
+        out, state = tx.update({"a": a, "b": b}, state)
+    # gamma: 0.1 sqrt(3) from its first norm, then the cut spike's 1.05 times it absorbed.
+    np.testing.assert_allclose(float(state.gamma[0]), 0.1 * np.sqrt(3) * 1.001, rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(out["a"]), 1.05 * 0.1 * np.sqrt(3), rtol=1e-5)

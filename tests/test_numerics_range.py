@@ -168,21 +168,26 @@ def _ordinary_then(tx, shapes, dtype, magnitude, form, monkeypatch, ordinary=1):
     return (firsts[0] if ordinary == 1 else firsts), g, u, state
 
 
+@pytest.mark.parametrize("option", ["mean", "adaptive_scaling"])
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("tree", TREES, ids=str)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
-def test_zclip_after_warmup_clips_to_its_threshold(dtype, tree, form, monkeypatch):
+def test_zclip_after_warmup_clips_to_its_threshold(dtype, tree, form, option, monkeypatch):
     shapes = TREES[tree]
     for magnitude in _magnitudes(dtype)[-4:]:
-        tx = optclip.zclip(warmup_steps=2, max_grad_norm=None, clip_option="mean")
+        tx = optclip.zclip(warmup_steps=2, max_grad_norm=None, clip_option=option)
         first, g, u, state = _ordinary_then(tx, shapes, dtype, magnitude, form, monkeypatch, 2)
         # After the warm-up norms n0 and n1 the mean is their mean and the spread half their
-        # gap (> 0): a norm beyond mean + 2.5 std is a spike, clipped to the mean.
+        # gap (> 0): a norm n with z = (n - mean) / (std + 1e-6) > 2.5 is a spike, clipped to
+        # the mean, or to mean + 2.5 std / (z / 2.5) (adaptive scaling).
         n0, n1 = (_norm(_f64(x)) for x in first)
         mean, std = (n0 + n1) / 2, abs(n0 - n1) / 2
-        if _norm(_f64(g)) <= mean + 2.5 * (std + 1e-6):
+        n = _norm(_f64(g))
+        z = (n - mean) / (std + 1e-6)
+        if z <= 2.5:
             continue
-        want = _times(_f64(g), mean / (_norm(_f64(g)) + 1e-6))
+        threshold = mean if option == "mean" else mean + 2.5 * std / (z / 2.5)
+        want = _times(_f64(g), threshold / (n + 1e-6))
         _assert_close(u, want, dtype, f"zclip at {magnitude:.3g}")
         assert float(state.spike) == 1.0
         assert np.isfinite(float(state.mean)) and np.isfinite(float(state.std))

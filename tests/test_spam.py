@@ -210,3 +210,38 @@ def test_the_second_moment_update_is_overflow_safe_and_accurate(b2, keep):
     assert np.isinf(out[0]) if b2 * keep > 0 else np.isnan(out[0])
     assert np.isnan(out[1])
     assert np.isinf(out[2])  # r = 1, |g| = inf
+
+
+def test_weight_decay_is_the_authors_to_lr_squared_lambda_u():
+    # The authors shrink the updated parameter, (x - lr u)(1 - lr lambda); optclip adds the
+    # decay to the direction, x - lr (u + lambda x): lr^2 lambda u apart, each step.
+    lr, lam = 0.05, 0.2
+    kw = dict(threshold=5000.0, interval=12, warmup_steps=5, spike_free_steps=3)
+    p = {"w": np.array([1.0, -2.0, 0.5])}
+    g = {"w": np.array([0.3, 0.1, -0.4])}
+    init_ref, step_ref = _reference_spikes.spam(lr, weight_decay=lam, **kw)
+    d_ref, _ = step_ref(g, init_ref(p), p)
+    tx = optclip.spam(lr, weight_decay=lam, **kw)
+    params = jax.tree.map(jnp.asarray, p)
+    u, _ = tx.update(jax.tree.map(jnp.asarray, g), tx.init(params), params)
+    u_plain, _ = optclip.spam(lr, **kw).update(
+        jax.tree.map(jnp.asarray, g), tx.init(params), params
+    )
+    np.testing.assert_allclose(
+        np.asarray(u["w"]) - d_ref["w"], (lr * lam) * np.asarray(u_plain["w"]), rtol=1e-4
+    )
+
+
+@pytest.mark.parametrize("make", [optclip.scale_by_spam, optclip.clip_by_second_moment])
+def test_a_reset_step_clips_nothing_even_without_spike_free_steps(make):
+    # With spike_free_steps=0 the clip runs on a reset step, against the v just reset to 0:
+    # the authors' rule cuts every gradient to 0 there; none is a spike against no statistic.
+    kw = dict(threshold=5000.0, interval=2, spike_free_steps=0)
+    if make is optclip.scale_by_spam:
+        kw["warmup_steps"] = 0
+    tx = make(**kw)
+    state = tx.init({"w": jnp.zeros(2)})
+    for t in range(4):  # steps 1 and 3 reset (T + 1 = 2, 4)
+        u, state = tx.update({"w": jnp.array([1.0, -3.0])}, state)
+        assert float(optclip.clip_fraction(state)) == 0.0, t
+        assert bool(jnp.all(u["w"] != 0.0)), t
