@@ -92,7 +92,7 @@ def acclip(
       b1: momentum decay in ``[0, 1)``.
       b2: threshold decay in ``[0, 1)``.
       alpha: moment order in ``[1, 2]`` (1 in the paper).
-      eps: ``>= 0``.
+      eps: ``>= 0``; on gradients below ~1e-5 it shrinks the step (``docs/acclip.md``).
       initial_threshold: ``tau_0 >= 0`` (default 0: the first ~100 steps are
         clipped hard, which acts as a warm-up, ``docs/design.md``), or ``None``
         to seed ``tau_1 = |g_1|``.
