@@ -12,11 +12,11 @@ ways (docs/performance.md):
   gradient: about 7 per leaf for Adam), which a many-leaf tree pays per call.
 
 ``--loop auto`` (the default) times the loop on accelerators only. XLA:CPU runs the
-fusions inside a loop on fewer threads (Adam on one leaf of 1e7: 16.8 ms a step inside the
-loop with 1.3 cores busy, 5.8 ms a call with 1.8, 2026-12-07), so there the loop would time
-the loop; a CPU has no device queue for the two numbers to differ by, and XLA:CPU takes
-20-30 s to compile a loop over a 148-leaf step. Rows timed without the loop report the
-per-call time as device time and say so (``device_from``).
+fusions inside a loop on fewer threads, so there the loop would time the loop
+(docs/performance.md, first section, has the measurement); a CPU has no device queue for
+the two numbers to differ by, and XLA:CPU takes tens of seconds to compile a loop over a
+148-leaf step. Rows timed without the loop report the per-call time as device time and say
+so (``device_from``).
 
 Every variant first takes 104 untimed steps (``SETTLE_STEPS``), so that each is timed in the
 regime a training run spends its steps in: SPAM's clip is off for its first 20 steps, ZClip and
@@ -252,7 +252,7 @@ def state_bytes_per_param(state, n: int) -> float:
 
 def use_loop(mode: str) -> bool:
     """Whether to time the jitted loop (``--loop``): ``auto`` times it on accelerators only, since
-    XLA:CPU runs a loop's fusions on fewer threads, about 3x slower (module docstring)."""
+    XLA:CPU runs a loop's fusions on fewer threads (module docstring)."""
     if mode != "auto":
         return mode == "always"
     return jax.default_backend() != "cpu"

@@ -193,15 +193,18 @@ def state_dtype(name: str, dtype: jax.typing.DTypeLike | None) -> np.dtype:
     return resolved
 
 
-def check_count(name: str, value: object, lo: int = 0) -> None:
-    """Raises unless ``value`` is a whole number of steps ``>= lo``.
+def check_count(name: str, value: object, lo: int = 0, hi: object = None, why: str = "") -> None:
+    """Raises unless ``value`` is a whole number of steps ``>= lo`` (and ``<= hi``).
 
     Valid: a Python or NumPy integer (not ``bool``) or a 0-d integer array,
     traced or not (:func:`optax.inject_hyperparams` passes ints as arrays).
+    ``hi`` may be another argument (a window, an interval less one): checked
+    where both are concrete, ``why`` following the range in the message.
 
     Raises:
       TypeError: ``value`` is not an integer; names ``name``.
-      ValueError: a concrete ``value`` is below ``lo``; names ``name``, the range and the value.
+      ValueError: a concrete ``value`` below ``lo`` or above ``hi``; names ``name``, the
+        range and the value.
     """
     is_int = isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
     is_int_array = (
@@ -214,6 +217,9 @@ def check_count(name: str, value: object, lo: int = 0) -> None:
     v = static_value(value)
     if v is not None and v < lo:
         raise ValueError(f"`{name}` must be in [{lo}, inf), got {_number(value)}.")
+    top = None if hi is None else static_value(hi)
+    if v is not None and top is not None and v > top:
+        raise ValueError(f"`{name}` must be in [{lo}, {int(top)}]{why}, got {_number(value)}.")
 
 
 def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:

@@ -87,9 +87,7 @@ def _check(window: object, sigma_factor: object, min_history: int | None) -> int
     _checks.check_count("window", window, lo=2)
     _checks.check_positive("sigma_factor", sigma_factor)
     history = max(2, window // 2) if min_history is None else min_history
-    _checks.check_count("min_history", history, lo=2)
-    if isinstance(history, int) and isinstance(window, int) and history > window:
-        raise ValueError(f"`min_history` must be in [2, {window}] (the window), got {history!r}.")
+    _checks.check_count("min_history", history, lo=2, hi=window, why=" (the window)")
     return history
 
 

@@ -229,15 +229,9 @@ _WITHIN_INTERVAL = {
 
 
 def check_within_interval(name: str, value: object, interval: object) -> None:
-    """Raises ``ValueError`` unless ``0 <= value < interval`` where both are concrete (after
-    :func:`_checks.check_count` on each)."""
-    _checks.check_count(name, value, lo=0)
-    v, n = _checks.static_value(value), _checks.static_value(interval)
-    if v is not None and n is not None and v >= n:
-        raise ValueError(
-            f"`{name}` must be in [0, interval - 1] = [0, {int(n) - 1}] "
-            f"({_WITHIN_INTERVAL[name]}), got {int(v)}."
-        )
+    """``0 <= value < interval`` (``interval`` checked first), as :func:`_checks.check_count`."""
+    why = f" (interval - 1: {_WITHIN_INTERVAL[name]})"
+    _checks.check_count(name, value, lo=0, hi=interval - 1, why=why)  # type: ignore[operator]
 
 
 def _check_schedule(threshold, interval, warmup_steps, spike_free_steps):
